@@ -1,0 +1,18 @@
+"""The Django app configuration."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.core import checks
+
+
+class BroadcastConfig(AppConfig):
+    """Registers the settings checks."""
+
+    name = "django_broadcast"
+    verbose_name = "Broadcast"
+
+    def ready(self) -> None:
+        from .checks import check_settings
+
+        checks.register(check_settings)

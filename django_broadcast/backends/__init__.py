@@ -1,0 +1,1 @@
+"""Broker backends. ``base`` holds the contract; one module per broker."""

@@ -1,0 +1,182 @@
+"""The contract between a broadcast alias and its broker.
+
+A backend is built once per alias per process from ``(location, options, timeout)``.
+It publishes encoded payloads (opaque bytes made by the alias's codec), reads history
+where the broker keeps it, and makes :class:`Receiver` objects: one per event loop,
+owned and driven by that loop's hub, holding the process's single broker subscription
+per channel.
+
+Backends know nothing of Django requests, consumers or channel layers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = ["Backend", "ConnectionLost", "HistoryPage", "Message", "Receiver"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An event as it comes off the broker, before the codec has decoded it."""
+
+    channel: str
+    id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Messages read from history, oldest first.
+
+    ``gap`` is true when ``since`` was given and the broker no longer holds every
+    message after it (it was trimmed away, or the id is older than the window).
+    """
+
+    messages: Sequence[Message]
+    gap: bool = False
+
+
+class ConnectionLost(Exception):
+    """Raised by :meth:`Receiver.read` when the broker connection is gone.
+
+    The hub answers it by calling :meth:`Receiver.reconnect` with backoff.
+    """
+
+
+class Receiver(abc.ABC):
+    """A process's receiving side of one backend on one event loop.
+
+    The hub calls :meth:`subscribe` and :meth:`unsubscribe` from subscriber tasks
+    (serialized by its lock) while its listener task waits in :meth:`read`.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect. Raise ``BroadcastUnavailable`` if the broker cannot be reached."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving ``channel``; return only once the broker has confirmed, so
+        that any message published after this returns is received.
+
+        Raise ``BroadcastUnavailable`` if it cannot be confirmed within the timeout.
+        """
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``."""
+
+    @abc.abstractmethod
+    async def read(self) -> Sequence[Message]:
+        """Wait for the next messages (at least one), in broker order per channel.
+
+        Raise :class:`ConnectionLost` when the connection to the broker is gone.
+        """
+
+    @abc.abstractmethod
+    async def reconnect(self) -> set[str]:
+        """Connect again and resume every subscribed channel.
+
+        Return the channels whose continuity could not be kept (messages published
+        while disconnected may be lost); the hub sends those subscribers a gap notice.
+        Raise ``BroadcastUnavailable`` (or any ``OSError``) if the broker is still down.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect; the receiver is not used again."""
+
+
+class Backend(abc.ABC):
+    """One broker, as seen by one alias in one process."""
+
+    #: Whether the broker keeps history, so ids can be resumed from.
+    supports_history: ClassVar[bool] = False
+
+    #: OPTIONS this backend accepts, with the type each must have.
+    option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"max_message_size": int}
+
+    #: Whether LOCATION (or the URL) must name a server.
+    requires_location: ClassVar[bool] = True
+
+    #: Default of OPTIONS["max_message_size"], in bytes.
+    default_max_message_size: ClassVar[int] = 1024 * 1024
+
+    def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
+        self.location = location
+        self.options = dict(options)
+        self.timeout = timeout
+        self.max_message_size: int = self.options.get(
+            "max_message_size", self.default_max_message_size
+        )
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
+        """Return a sentence for every option that is unknown or of the wrong type."""
+        problems = []
+        for key, value in options.items():
+            expected = cls.option_types.get(key)
+            if expected is None:
+                known = ", ".join(sorted(cls.option_types)) or "none"
+                problems.append(f"unknown option {key!r} for {cls.__name__} (known: {known})")
+            elif not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
+                problems.append(
+                    f"option {key!r} must be {_type_name(expected)}, "
+                    f"not {type(value).__name__} ({value!r})"
+                )
+            elif isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+                problems.append(f"option {key!r} must be positive, not {value!r}")
+        return problems
+
+    # Publishing -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def publish(self, channel: str, payload: bytes) -> str:
+        """Send ``payload`` on ``channel`` from sync code; return the event id.
+
+        Must not create an event loop, a thread or a connection per call. Raise
+        ``BroadcastUnavailable`` within ``timeout`` if the broker cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def apublish(self, channel: str, payload: bytes) -> str:
+        """Send ``payload`` on ``channel`` from async code; return the event id."""
+
+    # History ----------------------------------------------------------------------
+
+    def id_key(self, event_id: str) -> Any:
+        """Return a sort key for an id of this backend; raise ``ValueError`` if the id
+        is not one this backend makes."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
+
+    def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
+        """Read history from sync code: the ``limit`` latest messages, or with ``since``
+        the first ``limit`` messages after it (all of them where ``limit`` is None)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
+
+    async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
+        """:meth:`history` from async code."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
+
+    # Receiving and lifetime -------------------------------------------------------
+
+    @abc.abstractmethod
+    def receiver(self) -> Receiver:
+        """Make a receiver for the running event loop."""
+
+    def close(self) -> None:  # noqa: B027 (optional to override)
+        """Release sync resources (connection pools). Safe to call more than once."""
+
+    async def aclose(self) -> None:
+        """Release the async resources of the running event loop, then :meth:`close`."""
+        self.close()
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__

@@ -1,0 +1,155 @@
+"""The embedded in-process backend (``memory://``).
+
+Events never leave the process, so it suits development and tests; with
+``DEBUG=False`` a system check warns that it cannot cross processes. A publish from
+any thread (a WSGI worker, a sync view run by ``sync_to_async``) reaches subscribers
+on every event loop of the process. Each channel keeps a ring buffer of its latest
+events (``OPTIONS["history"]``, default 1000), so ``since`` and ``history()`` work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from .base import Backend, HistoryPage, Message, Receiver
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    """Process-local broker with per-channel history."""
+
+    supports_history = True
+    requires_location = False
+    option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
+        "max_message_size": int,
+        "history": int,
+    }
+
+    def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
+        super().__init__(location, options, timeout=timeout)
+        self.history_size: int = self.options.get("history", 1000)
+        self._lock = threading.Lock()
+        self._next_id = 0  # one counter for all channels: ids compare across channels
+        self._history: dict[str, deque[Message]] = {}
+        self._evicted: dict[str, int] = {}  # channel -> id of the newest evicted event
+        self._receivers: dict[str, set[_MemoryReceiver]] = {}
+
+    def _send(self, channel: str, payload: bytes) -> str:
+        with self._lock:
+            self._next_id += 1
+            message = Message(channel, str(self._next_id), payload)
+            buffer = self._history.get(channel)
+            if buffer is None:
+                buffer = self._history[channel] = deque(maxlen=self.history_size)
+            elif len(buffer) == self.history_size:
+                self._evicted[channel] = int(buffer[0].id)
+            buffer.append(message)
+            # Delivered under the lock, so every receiver sees one order per channel.
+            for receiver in self._receivers.get(channel, ()):
+                receiver.deliver(message)
+        return message.id
+
+    def publish(self, channel: str, payload: bytes) -> str:
+        """Store ``payload`` in the channel's history and hand it to every receiver."""
+        return self._send(channel, payload)
+
+    async def apublish(self, channel: str, payload: bytes) -> str:
+        """As :meth:`publish`; never waits."""
+        return self._send(channel, payload)
+
+    def id_key(self, event_id: str) -> int:
+        """Ids are decimal sequence numbers."""
+        if not (isinstance(event_id, str) and event_id.isdigit()):
+            raise ValueError(
+                f"{event_id!r} is not an event id of the memory backend: "
+                f"expected the decimal number of an event's id"
+            )
+        return int(event_id)
+
+    def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
+        """Read the channel's ring buffer."""
+        after = None if since is None else self.id_key(since)
+        with self._lock:
+            messages = list(self._history.get(channel, ()))
+            evicted = self._evicted.get(channel, 0)
+        if after is None:
+            return HistoryPage(messages[-limit:] if limit is not None else messages)
+        newer = [m for m in messages if int(m.id) > after]
+        return HistoryPage(newer[:limit] if limit is not None else newer, gap=evicted > after)
+
+    async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
+        """As :meth:`history`; never waits."""
+        return self.history(channel, limit=limit, since=since)
+
+    def receiver(self) -> Receiver:
+        """Make a receiver for the running event loop."""
+        return _MemoryReceiver(self, asyncio.get_running_loop())
+
+    def _attach(self, receiver: _MemoryReceiver, channel: str) -> None:
+        with self._lock:
+            self._receivers.setdefault(channel, set()).add(receiver)
+
+    def _detach(self, receiver: _MemoryReceiver, channel: str) -> None:
+        with self._lock:
+            receivers = self._receivers.get(channel)
+            if receivers is not None:
+                receivers.discard(receiver)
+                if not receivers:
+                    del self._receivers[channel]
+
+    def subscribed_channels(self) -> set[str]:
+        """Channels with at least one receiver: what "the broker" is subscribed to."""
+        with self._lock:
+            return set(self._receivers)
+
+
+class _MemoryReceiver(Receiver):
+    def __init__(self, backend: MemoryBackend, loop: asyncio.AbstractEventLoop) -> None:
+        self._backend = backend
+        self._loop = loop
+        self._thread_id = threading.get_ident()
+        self._pending: deque[Message] = deque()
+        self._wakeup = asyncio.Event()
+        self._channels: set[str] = set()
+
+    def deliver(self, message: Message) -> None:
+        # Called with the backend lock held, from any thread.
+        if threading.get_ident() == self._thread_id:
+            self._put(message)
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._put, message)
+
+    def _put(self, message: Message) -> None:
+        self._pending.append(message)
+        self._wakeup.set()
+
+    async def open(self) -> None:
+        pass
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        self._backend._attach(self, channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self._backend._detach(self, channel)
+
+    async def read(self) -> Sequence[Message]:
+        while not self._pending:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+    async def reconnect(self) -> set[str]:
+        return set()
+
+    async def close(self) -> None:
+        for channel in list(self._channels):
+            await self.unsubscribe(channel)

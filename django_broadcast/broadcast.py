@@ -1,0 +1,228 @@
+"""``Broadcast``: one alias of ``settings.BROADCAST``, and everything it can do."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils.module_loading import import_string
+
+from .backends.base import Backend, HistoryPage, Message
+from .codec import Codec
+from .conf import AliasConfig
+from .events import Event, validate_channel
+from .exceptions import BroadcastError, MessageTooLarge
+from .hub import Hub, Subscription, gap_event
+
+__all__ = ["Broadcast"]
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _connection_in_atomic_block() -> BaseDatabaseWrapper | None:
+    for connection in connections.all(initialized_only=True):
+        if connection.in_atomic_block:
+            return connection
+    return None
+
+
+class Broadcast:
+    """Publish to, subscribe to and read the history of the channels of one alias.
+
+    Get one from the registry, ``broadcasts["alias"]``, or use ``broadcast`` for the
+    ``"default"`` alias; both are built once per process.
+    """
+
+    def __init__(self, config: AliasConfig) -> None:
+        self.alias = config.alias
+        self.config = config
+        self.backend: Backend = config.backend(
+            config.location, config.options, timeout=config.timeout
+        )
+        self.codec: Codec = import_string(config.codec)()
+        #: Events dropped, over all this alias's subscribers, because a queue was full.
+        self.dropped = 0
+        self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._hubs_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Broadcast {self.alias!r} {type(self.backend).__name__}>"
+
+    # Publishing ------------------------------------------------------------------------
+
+    def _encode(self, channel: str, type: str, data: Any) -> tuple[bytes, int]:
+        validate_channel(channel)
+        if not isinstance(type, str) or not type:
+            raise TypeError(f"event type must be a non-empty str, not {type!r}")
+        ms = time.time_ns() // 1_000_000
+        try:
+            payload = self.codec.encode({"type": type, "time": ms, "data": data})
+        except (TypeError, ValueError) as exc:
+            raise exc.__class__(f"cannot publish to channel {channel!r}: {exc}") from exc
+        if len(payload) > self.backend.max_message_size:
+            raise MessageTooLarge(channel, len(payload), self.backend.max_message_size)
+        return payload, ms
+
+    def publish(
+        self, channel: str, data: Any, *, type: str = "message", on_commit: bool = True
+    ) -> Event | None:
+        """Publish ``data`` on ``channel`` from sync code; safe from any thread.
+
+        The channel name and the data are checked, and the data encoded, here, in the
+        caller, before anything is sent. Inside ``transaction.atomic()`` the event is
+        sent when the transaction commits and never if it rolls back, and this returns
+        ``None``; ``on_commit=False`` sends at once. Otherwise return the sent
+        :class:`Event`.
+
+        Raise ``ValueError`` for a bad channel name, ``TypeError`` for data the codec
+        cannot encode, :class:`MessageTooLarge` over the size limit, and
+        :class:`BroadcastUnavailable` when the broker cannot be reached in ``TIMEOUT``.
+        """
+        payload, ms = self._encode(channel, type, data)
+        if on_commit:
+            connection = _connection_in_atomic_block()
+            if connection is not None:
+                connection.on_commit(lambda: self._send(channel, type, data, payload, ms))
+                return None
+        return self._send(channel, type, data, payload, ms)
+
+    def _send(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> Event:
+        return Event(channel, type, data, self.backend.publish(channel, payload), _from_ms(ms))
+
+    async def apublish(self, channel: str, data: Any, *, type: str = "message") -> Event:
+        """Publish ``data`` on ``channel`` from async code and return the sent event.
+
+        Raises as :meth:`publish` does. There is no ``on_commit``: Django transactions
+        are sync-only; publish from the sync code that holds the transaction.
+        """
+        payload, ms = self._encode(channel, type, data)
+        event_id = await self.backend.apublish(channel, payload)
+        return Event(channel, type, data, event_id, _from_ms(ms))
+
+    # Subscribing -----------------------------------------------------------------------
+
+    def subscribe(
+        self, *channels: str, since: str | Mapping[str, str] | None = None
+    ) -> Subscription:
+        """Subscribe to ``channels``: ``async with broadcast.subscribe("a", "b") as sub``.
+
+        Once the ``async with`` has entered, every event published afterwards is
+        received. ``since`` is an event id, applied to every channel, or a mapping of
+        channel to id: on backends with history the events after it are replayed first,
+        in order, and where history cannot cover the gap (or the backend keeps none)
+        the subscriber gets a ``broadcast.gap`` notice instead.
+        """
+        if not channels:
+            raise TypeError("subscribe() needs at least one channel")
+        unique = tuple(dict.fromkeys(validate_channel(c) for c in channels))
+        resume: dict[str, str] = {}
+        if isinstance(since, str):
+            resume = dict.fromkeys(unique, since)
+        elif isinstance(since, Mapping):
+            unknown = set(since) - set(unique)
+            if unknown:
+                raise ValueError(f"since names channels that are not subscribed: {sorted(unknown)}")
+            resume = dict(since)
+        elif since is not None:
+            raise TypeError(f"since must be an event id or a mapping, not {since!r}")
+        if self.backend.supports_history:
+            for event_id in resume.values():
+                self.backend.id_key(event_id)
+        return Subscription(self, unique, resume)
+
+    def _decode(self, message: Message) -> Event:
+        envelope = self.codec.decode(message.payload)
+        return Event(
+            message.channel,
+            envelope["type"],
+            envelope["data"],
+            message.id,
+            _from_ms(envelope["time"]),
+        )
+
+    def _hub(self) -> Hub:
+        loop = asyncio.get_running_loop()
+        with self._hubs_lock:
+            hub = self._hubs.get(loop)
+            if hub is None or hub.closed:
+                hub = self._hubs[loop] = Hub(self, loop)
+            return hub
+
+    # History ---------------------------------------------------------------------------
+
+    def _check_history(self, channel: str, limit: int | None, since: str | None) -> None:
+        validate_channel(channel)
+        if not self.backend.supports_history:
+            raise BroadcastError(
+                f"alias {self.alias!r} uses {type(self.backend).__name__}, which keeps no "
+                f"history: use a backend that does, such as redis+streams://"
+            )
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise ValueError(f"limit must be a positive int or None, not {limit!r}")
+        if since is not None:
+            self.backend.id_key(since)
+
+    def _events(self, channel: str, since: str | None, page: HistoryPage) -> list[Event]:
+        events = [self._decode(m) for m in page.messages]
+        if page.gap:
+            events.insert(0, gap_event(channel, "history", since=since))
+        return events
+
+    def history(
+        self, channel: str, *, limit: int | None = 100, since: str | None = None
+    ) -> list[Event]:
+        """Return past events of ``channel``, oldest first.
+
+        Without ``since``: the latest ``limit`` events. With ``since``: the first
+        ``limit`` events after that id, led by a ``broadcast.gap`` notice where some
+        of them are no longer kept. Raise :class:`BroadcastError` on a backend without
+        history.
+        """
+        self._check_history(channel, limit, since)
+        return self._events(channel, since, self.backend.history(channel, limit=limit, since=since))
+
+    async def ahistory(
+        self, channel: str, *, limit: int | None = 100, since: str | None = None
+    ) -> list[Event]:
+        """:meth:`history` from async code."""
+        self._check_history(channel, limit, since)
+        page = await self.backend.ahistory(channel, limit=limit, since=since)
+        return self._events(channel, since, page)
+
+    # Closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End every subscription (on every event loop) and release the broker.
+
+        The alias stays usable: later calls connect again.
+        """
+        with self._hubs_lock:
+            hubs = list(self._hubs.values())
+            self._hubs.clear()
+        for hub in hubs:
+            hub.close_threadsafe()
+        self.backend.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from async code, waiting for this loop's connections to close."""
+        loop = asyncio.get_running_loop()
+        with self._hubs_lock:
+            hubs = list(self._hubs.items())
+            self._hubs.clear()
+        for hub_loop, hub in hubs:
+            if hub_loop is loop:
+                await hub.aclose()
+            else:
+                hub.close_threadsafe()
+        await self.backend.aclose()

@@ -1,0 +1,31 @@
+"""System checks for ``settings.BROADCAST`` (ids ``django_broadcast.E001``...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+
+from .backends.memory import MemoryBackend
+from .conf import validate
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Report every problem in ``settings.BROADCAST`` at startup, each with a hint."""
+    aliases, problems = validate()
+    messages: list[CheckMessage] = [
+        Error(p.msg, hint=p.hint or None, id=f"django_broadcast.{p.id}") for p in problems
+    ]
+    if not settings.DEBUG:
+        for config in aliases.values():
+            if issubclass(config.backend, MemoryBackend):
+                messages.append(
+                    Warning(
+                        f"BROADCAST[{config.alias!r}] uses the in-memory backend with "
+                        f"DEBUG=False: events cannot cross processes or servers.",
+                        hint='Use a broker, e.g. "URL": "redis://127.0.0.1:6379/0".',
+                        id="django_broadcast.W001",
+                    )
+                )
+    return messages

@@ -1,0 +1,71 @@
+"""Events and the rules for channel names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["GAP", "MAX_CHANNEL_LENGTH", "Event", "utcnow", "validate_channel"]
+
+#: ``Event.type`` of the notice a subscriber receives where events may have been lost.
+GAP = "broadcast.gap"
+
+MAX_CHANNEL_LENGTH = 100
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+_BAD_CHAR_RE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as subscribers receive it.
+
+    ``id`` is an opaque string, increasing per channel; on backends with history it is
+    the broker's position, so it can be passed back as ``since`` to resume. ``data`` is
+    what the codec decoded: treat it as read-only, it may be shared between the local
+    subscribers of a process.
+    """
+
+    channel: str
+    type: str
+    data: Any
+    id: str
+    time: datetime = field(compare=False)
+
+    @property
+    def is_gap(self) -> bool:
+        """True for the notice that events may have been lost (``type == GAP``)."""
+        return self.type == GAP
+
+
+def validate_channel(channel: object) -> str:
+    """Return ``channel`` if it is a valid channel name, else raise ``ValueError``.
+
+    Valid names are 1 to 100 ASCII letters, digits, ``-``, ``_`` or ``.``: the rule of
+    Django Channels' group names, so every channel is also a valid group.
+    """
+    if type(channel) is str and _CHANNEL_RE.fullmatch(channel):
+        return channel
+    if not isinstance(channel, str):
+        raise TypeError(f"channel must be a str, not {type(channel).__name__}: {channel!r}")
+    if not channel:
+        raise ValueError("channel name is empty: use 1 to 100 letters, digits, '-', '_' or '.'")
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        raise ValueError(
+            f"channel {channel[:40]!r}... is {len(channel)} characters long: "
+            f"the limit is {MAX_CHANNEL_LENGTH}"
+        )
+    bad = _BAD_CHAR_RE.search(channel)
+    assert bad is not None
+    char = bad.group()
+    what = "a space" if char == " " else f"the character {char!r}"
+    raise ValueError(
+        f"channel {channel!r} has {what} at position {bad.start()}: "
+        f"use ASCII letters, digits, '-', '_' or '.'"
+    )
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(timezone.utc)
