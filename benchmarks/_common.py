@@ -19,8 +19,9 @@ def streams_url(url: str = REDIS_URL) -> str:
     return f"{scheme}+streams://{rest}"
 
 
-def setup_django(broadcast: dict[str, Any] | None = None) -> None:
-    """Configure a minimal Django for a benchmark process."""
+def setup_django() -> None:
+    """Configure a minimal Django for a benchmark process, unless one is configured
+    (as under pytest); scripts then set ``BROADCAST`` with ``override_settings``."""
     import django
     from django.conf import settings
 
@@ -30,7 +31,6 @@ def setup_django(broadcast: dict[str, Any] | None = None) -> None:
             USE_TZ=True,
             INSTALLED_APPS=["django_broadcast"],
             DATABASES={},
-            BROADCAST=broadcast or {"default": {"URL": "memory://"}},
             SILENCED_SYSTEM_CHECKS=["django_broadcast.W001"],
         )
         django.setup()

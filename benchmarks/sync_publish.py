@@ -30,17 +30,23 @@ PAYLOAD = {"text": "hello world", "user": 42, "tags": ["a", "b"]}
 
 def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
     """Measure every case; return the table (also used by the smoke test)."""
+    prefix = f"bench:{uuid.uuid4().hex[:6]}:"
+    setup_django()
+    from django.test import override_settings
+
+    aliases = {
+        "default": {"URL": "memory://"},
+        "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
+        "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
+    }
+    with override_settings(BROADCAST=aliases):
+        return _run(events, rounds, anchor_events, prefix)
+
+
+def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Table:
     import redis
     from asgiref.sync import async_to_sync
 
-    prefix = f"bench:{uuid.uuid4().hex[:6]}:"
-    setup_django(
-        {
-            "default": {"URL": "memory://"},
-            "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
-            "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
-        }
-    )
     from django_broadcast import broadcasts
     from django_broadcast.codec import JSONCodec
 
@@ -114,8 +120,6 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
         table.add(
             "target: redis:// >= 20x channels_redis", "", "", "", verdict(ours >= 20 * anchor)
         )
-    for instance in broadcasts.all(initialized_only=True):
-        instance.close()
     keys = list(raw.scan_iter(match=f"{prefix}*"))
     if keys:
         raw.delete(*keys)

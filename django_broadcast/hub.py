@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -44,7 +45,8 @@ class Hub:
 
     def __init__(self, broadcast: Broadcast, loop: asyncio.AbstractEventLoop) -> None:
         self._broadcast = broadcast
-        self._loop = loop
+        # Weak: the broadcast keys its hubs by loop in a WeakKeyDictionary.
+        self._loop_ref = weakref.ref(loop)
         self._lock = asyncio.Lock()
         self._subscribers: dict[str, dict[Subscription, None]] = {}
         self._broker_channels: set[str] = set()
@@ -67,7 +69,9 @@ class Hub:
                     receiver = self._broadcast.backend.receiver()
                     await receiver.open()
                     self._receiver = receiver
-                    self._listener = self._loop.create_task(self._listen(receiver))
+                    self._listener = asyncio.get_running_loop().create_task(
+                        self._listen(receiver)
+                    )
                 for channel in sub.channels:
                     if channel not in self._broker_channels:
                         await self._receiver.subscribe(channel)
@@ -85,7 +89,7 @@ class Hub:
         completes even when the caller is being cancelled (a client went away).
         """
         self._remove(sub)
-        await asyncio.shield(self._loop.create_task(self._locked_release()))
+        await asyncio.shield(asyncio.get_running_loop().create_task(self._locked_release()))
 
     def _remove(self, sub: Subscription) -> None:
         for channel in sub.channels:
@@ -150,7 +154,8 @@ class Hub:
         alias = self._broadcast.alias
         limit = self._broadcast.config.reconnect_timeout
         logger.warning("alias %r lost its broker connection (%s); reconnecting", alias, exc)
-        deadline = None if limit is None else self._loop.time() + limit
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
         delay = _BACKOFF_FIRST
         while True:
             try:
@@ -158,7 +163,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                if deadline is not None and self._loop.time() + delay > deadline:
+                if deadline is not None and loop.time() + delay > deadline:
                     raise SubscriptionClosed(
                         f"the broker of alias {alias!r} stayed unreachable for "
                         f"{limit} s (RECONNECT_TIMEOUT): {error}"
@@ -215,20 +220,21 @@ class Hub:
                 sub._close(None)
         self._subscribers.clear()
         if self._receiver is not None:
-            self._loop.create_task(self._locked_release())
+            asyncio.get_running_loop().create_task(self._locked_release())
 
     def close_threadsafe(self) -> None:
         """:meth:`close_nowait` from any thread."""
-        if self._loop.is_closed():
+        loop = self._loop_ref()
+        if loop is None or loop.is_closed():
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._loop:
+        if running is loop:
             self.close_nowait()
         else:
-            self._loop.call_soon_threadsafe(self.close_nowait)
+            loop.call_soon_threadsafe(self.close_nowait)
 
     async def aclose(self) -> None:
         """End every subscription and wait until the broker connection is closed."""

@@ -1,0 +1,24 @@
+"""Each benchmark runs at a tiny size, so the scripts cannot rot.
+
+Nothing here asserts a speed: the figures come from running the scripts themselves.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import REDIS_URL, require_broker
+
+
+@pytest.fixture(autouse=True)
+def _redis() -> None:
+    require_broker("redis", REDIS_URL)
+
+
+def test_sync_publish_benchmark_runs() -> None:
+    from benchmarks import sync_publish
+
+    table = sync_publish.run(events=20, rounds=1, anchor_events=5).render()
+    for case in ("redis-py PUBLISH", "publish redis://", "publish redis+streams://", "channels_redis"):
+        assert case in table
+    assert "target: redis:// >= 80% of raw PUBLISH" in table
