@@ -74,9 +74,7 @@ class Table:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
         rule = "  ".join("-" * w for w in widths)
-        return "\n".join(
-            [self.title, rule, line(self.columns), rule, *map(line, self.rows), rule]
-        )
+        return "\n".join([self.title, rule, line(self.columns), rule, *map(line, self.rows), rule])
 
 
 def machine() -> str:

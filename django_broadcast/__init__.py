@@ -36,6 +36,8 @@ __all__ = [
     "broadcasts",
 ]
 
+__version__ = "0.1.0"
+
 #: The ``"default"`` alias, as ``django.core.cache.cache`` is the default cache.
 # The registry is one per process, not one per thread, so it is not a
 # BaseConnectionHandler; ConnectionProxy needs only its __getitem__.

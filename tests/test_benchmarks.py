@@ -19,6 +19,11 @@ def test_sync_publish_benchmark_runs() -> None:
     from benchmarks import sync_publish
 
     table = sync_publish.run(events=20, rounds=1, anchor_events=5).render()
-    for case in ("redis-py PUBLISH", "publish redis://", "publish redis+streams://", "channels_redis"):
+    for case in (
+        "redis-py PUBLISH",
+        "publish redis://",
+        "publish redis+streams://",
+        "channels_redis",
+    ):
         assert case in table
     assert "target: redis:// >= 80% of raw PUBLISH" in table

@@ -40,9 +40,9 @@ async def broker_subscriptions(bc: Broadcast, channel: str) -> int:
         if kind == "RedisBackend":
             [(_, count)] = await client.pubsub_numsub(backend.options["prefix"] + channel)
             return int(count)
-        # Streams: a receiver is a named connection blocked in XREAD.
-        clients = await client.client_list()
-        return sum(1 for c in clients if c.get("name") == "django_broadcast:streams")
+        # Streams: a receiver is one named connection blocked in XREAD.
+        name = backend.connection_name("streams")  # type: ignore[attr-defined]
+        return sum(1 for c in await client.client_list() if c.get("name") == name)
     finally:
         await client.aclose()
 
@@ -225,13 +225,15 @@ async def test_history_and_resume(bc: Broadcast, channel: str) -> None:
         assert notice.type == GAP and notice.data["reason"] == "history"
         return
     sent = [bc.publish(channel, n) for n in range(10)]
+    assert all(sent)
+    ids = [e.id for e in sent if e is not None]
     assert [e.data for e in bc.history(channel)] == list(range(10))
     assert [e.data for e in bc.history(channel, limit=3)] == [7, 8, 9]
-    assert [e.data for e in await bc.ahistory(channel, since=sent[6].id)] == [7, 8, 9]
-    assert [e.data for e in bc.history(channel, since=sent[2].id, limit=2)] == [3, 4]
+    assert [e.data for e in await bc.ahistory(channel, since=ids[6])] == [7, 8, 9]
+    assert [e.data for e in bc.history(channel, since=ids[2], limit=2)] == [3, 4]
     assert bc.history(f"{channel}.empty") == []
 
-    async with bc.subscribe(channel, since=sent[7].id) as sub:
+    async with bc.subscribe(channel, since=ids[7]) as sub:
         bc.publish(channel, 10)
         resumed = [(await sub.get(timeout=TIMEOUT)).data for _ in range(3)]
         with pytest.raises(TimeoutError):

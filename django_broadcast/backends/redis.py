@@ -1,0 +1,592 @@
+"""Redis backends: pub/sub (``redis://``) and Streams (``redis+streams://``).
+
+Both publish from sync code through redis-py's sync client and one connection pool
+per process (no event loop, thread or connection per call), from async code through
+one asyncio client per event loop, and receive on one dedicated connection per event
+loop, driven by the hub, that carries every channel the process is subscribed to.
+
+- :class:`RedisBackend` uses ``PUBLISH``/``SUBSCRIBE``: at-most-once, no history.
+  Each frame is ``id + "\\n" + payload``; ids are ``<process token>-<sequence>``,
+  increasing per publisher.
+- :class:`RedisStreamsBackend` appends with ``XADD ... MAXLEN ~ history`` and reads
+  with one blocking ``XREAD`` over every subscribed stream; ids are stream ids
+  (``<ms>-<seq>``), so history, resume and loss-free reconnects work within the
+  window that ``OPTIONS["history"]`` keeps.
+
+OPTIONS: ``prefix`` (prepended to every Redis channel or key, default
+``"broadcast:"``), ``max_message_size`` (bytes, default 1 MiB) and, for streams,
+``history`` (entries kept per channel, approximately; default 1000).
+
+The connection is never retried silently beyond one immediate retry on a pooled
+connection that went stale; a broker that does not answer within the alias's
+``TIMEOUT`` raises :class:`~django_broadcast.exceptions.BroadcastUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import re
+import secrets
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..exceptions import BroadcastUnavailable
+from .base import Backend, ConnectionLost, HistoryPage, Message, Receiver
+
+__all__ = ["RedisBackend", "RedisStreamsBackend"]
+
+T = TypeVar("T")
+
+_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+_XREAD_COUNT = 1000
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class _RedisBase(Backend):
+    """What both Redis backends share: URL, prefix, clients, error translation."""
+
+    option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
+        "max_message_size": int,
+        "prefix": str,
+    }
+
+    def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
+        super().__init__(location, options, timeout=timeout)
+        scheme, sep, rest = location.partition("://")
+        #: The redis-py URL (``redis+streams://`` becomes ``redis://``).
+        self.url = scheme.split("+", 1)[0] + sep + rest
+        self.prefix: str = self.options.get("prefix", "broadcast:")
+        self._safe_url = safe_url(self.url)
+        self._sync: redis.Redis | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]
+        self._async = weakref.WeakKeyDictionary()
+
+    # Clients ---------------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "socket_keepalive": True,
+            "protocol": 2,
+        }
+
+    @property
+    def sync_client(self) -> redis.Redis:
+        """The process's sync client; its pool is shared by every thread."""
+        client = self._sync
+        if client is None:
+            client = self._sync = redis.Redis.from_url(
+                self.url,
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                **self._client_kwargs(),
+            )
+        return client
+
+    def async_client(self) -> redis.asyncio.Redis:
+        """The running event loop's asyncio client."""
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            client = self._async[loop] = redis.asyncio.Redis.from_url(
+                self.url,
+                retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                **self._client_kwargs(),
+            )
+        return client
+
+    def connection_name(self, role: str) -> str:
+        """The ``CLIENT SETNAME`` of a receiving connection, for ``CLIENT LIST``."""
+        return re.sub(r"\s", "_", f"django_broadcast:{role}:{self.prefix}")
+
+    def make_connection(self, role: str) -> AbstractConnection:
+        """A new, unconnected asyncio connection for a receiver; never auto-retried."""
+        pool = redis.asyncio.ConnectionPool.from_url(
+            self.url,
+            client_name=self.connection_name(role),
+            retry=AsyncRetry(NoBackoff(), 0),
+            **self._client_kwargs(),
+        )
+        return pool.make_connection()
+
+    def unavailable(self, exc: BaseException) -> BroadcastUnavailable:
+        """The error raised when the broker cannot be reached or does not answer."""
+        return BroadcastUnavailable(
+            f"Redis at {self._safe_url} did not answer within {self.timeout} s "
+            f"(TIMEOUT): {exc}. Check that the server runs and the URL is right."
+        )
+
+    def call(self, func: Callable[[], T]) -> T:
+        """Run a sync Redis call, translating connection failures."""
+        try:
+            return func()
+        except _REDIS_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+
+    async def acall(self, awaitable: Awaitable[T]) -> T:
+        """Await a Redis call, translating connection failures."""
+        try:
+            return await awaitable
+        except _REDIS_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+
+    def key(self, channel: str) -> str:
+        """The Redis channel or key of ``channel``."""
+        return self.prefix + channel
+
+    # Lifetime --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Disconnect the sync pool."""
+        client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client, then the sync pool."""
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+
+class _Connection:
+    """One dedicated receiving connection: connect, send, read, with clear errors."""
+
+    def __init__(self, backend: _RedisBase, role: str) -> None:
+        self.backend = backend
+        self.role = role
+        self.conn: AbstractConnection | None = None
+
+    async def connect(self) -> AbstractConnection:
+        conn = self.backend.make_connection(self.role)
+        try:
+            await asyncio.wait_for(conn.connect(), self.backend.timeout)
+        except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
+            await conn.disconnect()
+            raise self.backend.unavailable(exc) from exc
+        self.conn = conn
+        return conn
+
+    async def command(self, *args: Any) -> Any:
+        """Send a command and read its answer (only where nothing else reads)."""
+        conn = self.require()
+        try:
+            await conn.send_command(*args)
+            return await conn.read_response(timeout=self.backend.timeout)
+        except _REDIS_ERRORS as exc:
+            raise self.backend.unavailable(exc) from exc
+
+    def require(self) -> AbstractConnection:
+        if self.conn is None:
+            raise ConnectionLost("not connected")
+        return self.conn
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
+
+# Pub/sub ----------------------------------------------------------------------------
+
+
+class RedisBackend(_RedisBase):
+    """Redis pub/sub: at-most-once delivery, no history (``redis://``, ``rediss://``)."""
+
+    def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
+        super().__init__(location, options, timeout=timeout)
+        self._token = secrets.token_hex(4)
+        self._seq = itertools.count(1)  # next() is atomic under the GIL: thread-safe
+
+    def _frame(self, payload: bytes) -> tuple[str, bytes]:
+        event_id = f"{self._token}-{next(self._seq)}"
+        return event_id, event_id.encode() + b"\n" + payload
+
+    def publish(self, channel: str, payload: bytes) -> str:
+        """``PUBLISH`` on the process's pooled sync connection."""
+        event_id, frame = self._frame(payload)
+        client = self.sync_client
+        self.call(lambda: client.execute_command("PUBLISH", self.prefix + channel, frame))
+        return event_id
+
+    async def apublish(self, channel: str, payload: bytes) -> str:
+        """``PUBLISH`` on the running loop's asyncio client."""
+        event_id, frame = self._frame(payload)
+        client = self.async_client()
+        await self.acall(client.execute_command("PUBLISH", self.prefix + channel, frame))
+        return event_id
+
+    def receiver(self) -> Receiver:
+        """A receiver holding one ``SUBSCRIBE`` connection for the running loop."""
+        return _PubSubReceiver(self)
+
+
+class _PubSubReceiver(Receiver):
+    """One SUBSCRIBE connection; :meth:`read` is its only reader.
+
+    ``subscribe`` sends the command and waits for the confirmation, which the
+    listener's ``read`` hands over through a future.
+    """
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.link = _Connection(backend, "pubsub")
+        self.channels: set[str] = set()
+        self.pending: dict[bytes, asyncio.Future[None]] = {}
+
+    async def open(self) -> None:
+        await self.link.connect()
+
+    async def subscribe(self, channel: str) -> None:
+        key = self.backend.key(channel).encode()
+        future = asyncio.get_running_loop().create_future()
+        self.pending[key] = future
+        conn = self.link.require()
+        try:
+            await conn.send_command("SUBSCRIBE", key)
+            await asyncio.wait_for(asyncio.shield(future), self.backend.timeout)
+        except (*_REDIS_ERRORS, asyncio.TimeoutError, ConnectionLost) as exc:
+            raise self.backend.unavailable(exc) from exc
+        finally:
+            self.pending.pop(key, None)
+        self.channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        conn = self.link.conn
+        if conn is not None:
+            await conn.send_command("UNSUBSCRIBE", self.backend.key(channel))
+
+    async def read(self) -> Sequence[Message]:
+        conn = self.link.require()
+        prefix_length = len(self.backend.prefix)
+        messages: list[Message] = []
+        while not messages:
+            try:
+                reply = await conn.read_response(timeout=math.inf)
+                while True:
+                    self._handle(reply, prefix_length, messages)
+                    if not await conn.can_read():
+                        break
+                    reply = await conn.read_response(timeout=math.inf)
+            except (*_REDIS_ERRORS, AttributeError) as exc:
+                # redis-py may drop its reader on disconnect (AttributeError).
+                self._fail_pending(exc)
+                raise ConnectionLost(str(exc)) from exc
+        return messages
+
+    def _handle(self, reply: Any, prefix_length: int, messages: list[Message]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            frame: bytes = reply[2]
+            event_id, _, payload = frame.partition(b"\n")
+            channel = reply[1][prefix_length:].decode()
+            messages.append(Message(channel, event_id.decode(), payload))
+        elif kind == b"subscribe":
+            future = self.pending.get(reply[1])
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(str(exc)))
+
+    async def reconnect(self) -> set[str]:
+        await self.link.close()
+        conn = await self.link.connect()
+        if self.channels:
+            keys = [self.backend.key(c) for c in sorted(self.channels)]
+            try:
+                await conn.send_command("SUBSCRIBE", *keys)
+                for _ in keys:  # one confirmation per channel, before any message
+                    await conn.read_response(timeout=self.backend.timeout)
+            except _REDIS_ERRORS as exc:
+                await self.link.close()
+                raise self.backend.unavailable(exc) from exc
+        # Pub/sub keeps nothing: whatever was published meanwhile is gone.
+        return set(self.channels)
+
+    async def close(self) -> None:
+        self._fail_pending(ConnectionLost("closed"))
+        await self.link.close()
+
+
+# Streams ----------------------------------------------------------------------------
+
+
+def _parse_id(event_id: str) -> tuple[int, int]:
+    ms, sep, seq = event_id.partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        raise ValueError(
+            f"{event_id!r} is not an event id of the Redis Streams backend: "
+            f"expected a stream id such as '1700000000000-0'"
+        )
+    return int(ms), int(seq)
+
+
+def _payload(fields: Any) -> bytes:
+    """The payload of a stream entry: raw ``[b"m", payload]`` or redis-py's dict."""
+    payload: bytes = fields[b"m"] if isinstance(fields, dict) else fields[1]
+    return payload
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStreamsBackend(_RedisBase):
+    """Redis Streams: history, resume and loss-free reconnects (``redis+streams://``)."""
+
+    supports_history = True
+    option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
+        "max_message_size": int,
+        "prefix": str,
+        "history": int,
+    }
+
+    def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
+        super().__init__(location, options, timeout=timeout)
+        self.history_size: int = self.options.get("history", 1000)
+
+    def _xadd(self, channel: str, payload: bytes) -> tuple[Any, ...]:
+        return ("XADD", self.prefix + channel, "MAXLEN", "~", self.history_size, "*", "m", payload)
+
+    def publish(self, channel: str, payload: bytes) -> str:
+        """``XADD`` on the process's pooled sync connection; return the stream id."""
+        client = self.sync_client
+        command = self._xadd(channel, payload)
+        return _text(self.call(lambda: client.execute_command(*command)))
+
+    async def apublish(self, channel: str, payload: bytes) -> str:
+        """``XADD`` on the running loop's asyncio client; return the stream id."""
+        client = self.async_client()
+        return _text(await self.acall(client.execute_command(*self._xadd(channel, payload))))
+
+    def id_key(self, event_id: str) -> tuple[int, int]:
+        """Stream ids sort as ``(milliseconds, sequence)``."""
+        if not isinstance(event_id, str):
+            raise ValueError(f"{event_id!r} is not an event id: expected a string")
+        return _parse_id(event_id)
+
+    # History ---------------------------------------------------------------------
+
+    def _history_commands(
+        self, channel: str, limit: int | None, since: str | None
+    ) -> list[tuple[Any, ...]]:
+        key = self.key(channel)
+        count = () if limit is None else ("COUNT", limit)
+        if since is None:
+            return [("XREVRANGE", key, "+", "-", *count)]
+        self.id_key(since)
+        return [("XINFO", "STREAM", key), ("XRANGE", key, "(" + since, "+", *count)]
+
+    def _page(self, channel: str, since: str | None, replies: list[Any]) -> HistoryPage:
+        entries = replies[-1]
+        if isinstance(entries, Exception):
+            raise entries
+        messages = [
+            Message(channel, _text(entry_id), _payload(fields)) for entry_id, fields in entries
+        ]
+        if since is None:
+            messages.reverse()
+            return HistoryPage(messages)
+        info = replies[0]
+        return HistoryPage(messages, gap=_lost_after(info, self.id_key(since)))
+
+    def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
+        """Read the stream with ``XREVRANGE``, or ``XRANGE`` after ``since``."""
+        commands = self._history_commands(channel, limit, since)
+
+        def run() -> list[Any]:
+            with self.sync_client.pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return pipe.execute(raise_on_error=False)
+
+        return self._page(channel, since, self.call(run))
+
+    async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
+        """:meth:`history` from async code."""
+        commands = self._history_commands(channel, limit, since)
+        async with self.async_client().pipeline(transaction=True) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await self.acall(pipe.execute(raise_on_error=False))
+        return self._page(channel, since, replies)
+
+    def receiver(self) -> Receiver:
+        """A receiver holding one blocking ``XREAD`` connection for the running loop."""
+        return _StreamsReceiver(self)
+
+
+def _info(reply: Any) -> dict[str, Any] | None:
+    """``XINFO STREAM`` as a dict, or None where the stream does not exist."""
+    if isinstance(reply, Exception) or reply is None:
+        return None
+    if isinstance(reply, dict):
+        return {_text(k): v for k, v in reply.items()}
+    return {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
+def _lost_after(info_reply: Any, position: tuple[int, int]) -> bool:
+    """Whether entries after ``position`` may have been trimmed, deleted or lost.
+
+    Trimming removes the oldest entries first, so while the oldest entry left is at
+    or before ``position`` nothing after it is gone. Once the oldest entry left is
+    after ``position`` and the stream has lost entries, some may have been after
+    ``position`` (Redis does not record trimmed ids), so the answer is yes.
+    """
+    info = _info(info_reply)
+    if info is None:
+        return position > (0, 0)
+    last = _parse_id(_text(info["last-generated-id"]))
+    if last < position:
+        return True  # the stream was deleted and made anew
+    deleted = info.get("max-deleted-entry-id")
+    if deleted is not None and _parse_id(_text(deleted)) > position:
+        return True  # XDEL
+    added, length = info.get("entries-added"), info.get("length")
+    if added is not None and added == length:
+        return False  # nothing was ever removed
+    first_entry = info.get("first-entry")
+    if not first_entry:
+        return last > position  # everything was removed
+    return _parse_id(_text(first_entry[0])) > position
+
+
+class _StreamsReceiver(Receiver):
+    """One connection blocked in ``XREAD`` over every subscribed stream.
+
+    Subscribing records the stream's last id as the position (so whatever is
+    published after ``subscribe`` returns is read) and, with ``CLIENT UNBLOCK`` from
+    a second connection, makes the reader issue its ``XREAD`` again with the new set.
+    """
+
+    def __init__(self, backend: RedisStreamsBackend) -> None:
+        self.backend = backend
+        self.link = _Connection(backend, "streams")
+        self.control = _Connection(backend, "control")
+        self.positions: dict[str, str] = {}  # channel -> last id read
+        self.reader_id: int | None = None
+        self.generation = 0  # bumped on every change of the channel set
+        self.sent_generation = 0  # generation of the XREAD in flight
+        self.blocked = False
+        self.changed = asyncio.Event()
+
+    async def open(self) -> None:
+        await self.link.connect()
+        self.reader_id = await self.link.command("CLIENT", "ID")
+        await self.control.connect()
+
+    async def _xinfo(self, channel: str) -> Any:
+        """``XINFO STREAM`` of ``channel``, or None where the stream does not exist."""
+        try:
+            return await self.control.command("XINFO", "STREAM", self.backend.key(channel))
+        except redis.ResponseError:
+            return None
+
+    async def subscribe(self, channel: str) -> None:
+        info = _info(await self._xinfo(channel))
+        self.positions[channel] = "0-0" if info is None else _text(info["last-generated-id"])
+        await self._wake()
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self.positions.pop(channel, None) is not None:
+            await self._wake(wait=False)
+
+    async def _wake(self, *, wait: bool = True) -> None:
+        """Make the reader pick up the new channel set."""
+        self.generation += 1
+        self.changed.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.backend.timeout
+        # The XREAD may be on its way to the server; unblock until it has been
+        # replaced by one that covers the new set.
+        while self.blocked and self.sent_generation < self.generation:
+            unblocked = await self.control.command("CLIENT", "UNBLOCK", self.reader_id)
+            if unblocked or not wait:
+                return
+            if loop.time() > deadline:
+                raise self.backend.unavailable(TimeoutError("CLIENT UNBLOCK did not take"))
+            await asyncio.sleep(0.001)
+
+    async def read(self) -> Sequence[Message]:
+        conn = self.link.require()
+        while True:
+            while not self.positions:
+                self.changed.clear()
+                await self.changed.wait()
+            channels = list(self.positions)
+            keys = [self.backend.key(c) for c in channels]
+            ids = [self.positions[c] for c in channels]
+            self.sent_generation = self.generation
+            self.blocked = True
+            try:
+                await conn.send_command(
+                    "XREAD", "COUNT", _XREAD_COUNT, "BLOCK", 0, "STREAMS", *keys, *ids
+                )
+                reply = await conn.read_response(timeout=math.inf)
+            except (*_REDIS_ERRORS, AttributeError) as exc:
+                raise ConnectionLost(str(exc)) from exc
+            finally:
+                self.blocked = False
+            if not reply:  # unblocked: the channel set changed
+                continue
+            messages = self._messages(reply)
+            if messages:
+                return messages
+
+    def _messages(self, reply: Any) -> list[Message]:
+        prefix_length = len(self.backend.prefix)
+        messages: list[Message] = []
+        for key, entries in reply:
+            channel = key[prefix_length:].decode()
+            if channel not in self.positions:
+                continue  # unsubscribed while the XREAD was in flight
+            for entry_id, fields in entries:
+                event_id = entry_id.decode()
+                messages.append(Message(channel, event_id, fields[1]))
+            self.positions[channel] = event_id
+        return messages
+
+    async def reconnect(self) -> set[str]:
+        await self.close()
+        await self.open()
+        lost: set[str] = set()
+        for channel, position in list(self.positions.items()):
+            reply = await self._xinfo(channel)
+            if _lost_after(reply, _parse_id(position)):
+                lost.add(channel)
+                info = _info(reply)
+                last = None if info is None else _parse_id(_text(info["last-generated-id"]))
+                if last is None or last < _parse_id(position):
+                    self.positions[channel] = "0-0"  # a new stream: read all of it
+        return lost
+
+    async def close(self) -> None:
+        await self.link.close()
+        await self.control.close()
