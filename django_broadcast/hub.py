@@ -69,9 +69,7 @@ class Hub:
                     receiver = self._broadcast.backend.receiver()
                     await receiver.open()
                     self._receiver = receiver
-                    self._listener = asyncio.get_running_loop().create_task(
-                        self._listen(receiver)
-                    )
+                    self._listener = asyncio.get_running_loop().create_task(self._listen(receiver))
                 for channel in sub.channels:
                     if channel not in self._broker_channels:
                         await self._receiver.subscribe(channel)
@@ -89,6 +87,8 @@ class Hub:
         completes even when the caller is being cancelled (a client went away).
         """
         self._remove(sub)
+        if all(channel in self._subscribers for channel in sub.channels):
+            return  # others still listen on every channel: nothing to release
         await asyncio.shield(asyncio.get_running_loop().create_task(self._locked_release()))
 
     def _remove(self, sub: Subscription) -> None:
@@ -176,11 +176,14 @@ class Hub:
                 return lost
 
     def _fan_out(self, batch: Sequence[Message]) -> None:
+        # Decode each message once and hand every subscriber of a channel that
+        # channel's events in one call: with many local subscribers the cost per
+        # delivery is a list extend, and each subscriber wakes once per batch.
         decode = self._broadcast._decode
         subscribers = self._subscribers
+        by_channel: dict[str, list[Event]] = {}
         for message in batch:
-            subs = subscribers.get(message.channel)
-            if not subs:
+            if message.channel not in subscribers:
                 continue
             try:
                 event = decode(message)
@@ -192,8 +195,14 @@ class Hub:
                     exc_info=True,
                 )
                 continue
-            for sub in subs:
-                sub._put(event)
+            events = by_channel.get(message.channel)
+            if events is None:
+                by_channel[message.channel] = [event]
+            else:
+                events.append(event)
+        for channel, events in by_channel.items():
+            for sub in subscribers.get(channel, ()):
+                sub._put_many(events)
 
     def _fan_out_gap(self, channel: str, reason: str) -> None:
         event = gap_event(channel, reason)
@@ -240,6 +249,11 @@ class Hub:
         """End every subscription and wait until the broker connection is closed."""
         self.close_nowait()
         await self._locked_release()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def gap_event(channel: str, reason: str, **data: Any) -> Event:
@@ -314,6 +328,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
+        if self._queue:
+            return self._queue.popleft()
         try:
             return await self.get()
         except SubscriptionClosed:
@@ -333,14 +349,17 @@ class Subscription:
             raise self._ended
         if self._hub is None:
             raise RuntimeError("open the subscription first: async with broadcast.subscribe(...)")
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        # call_later rather than wait_for: no extra task or future per call on this
+        # hot path (a subscriber waits once per event).
+        expiry = None if timeout is None else loop.call_later(timeout, _expire, waiter)
         try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, timeout)
+            await waiter
         finally:
             self._waiter = None
+            if expiry is not None:
+                expiry.cancel()
         if self._queue:
             return self._queue.popleft()
         assert self._ended is not None
@@ -353,6 +372,20 @@ class Subscription:
             self._held.append(event)
         else:
             self._enqueue(event)
+
+    def _put_many(self, events: list[Event]) -> None:
+        if self._held is not None:
+            self._held.extend(events)
+            return
+        queue = self._queue
+        if self._ended is not None or len(queue) + len(events) > self._maxsize:
+            for event in events:  # the slow path: overflow handling, one at a time
+                self._enqueue(event)
+            return
+        queue.extend(events)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _enqueue(self, event: Event) -> None:
         if self._ended is not None:

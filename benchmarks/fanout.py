@@ -1,0 +1,283 @@
+"""In-process fan-out: one publisher, N local subscribers of one channel, through Redis.
+
+    python -m benchmarks.fanout [--sizes 1000,10000] [--events 20] [--rounds 3]
+
+Every case subscribes N receivers to one channel in one process and event loop; a
+publisher in another process (``_fanout_publisher.py``, connected beforehand) then
+publishes ``--events`` events with the library's own async API, and the clock runs
+from its go until every receiver has every event. The figure is deliveries per second
+(N x events / elapsed), median of rounds. Receivers iterate as a WebSocket or SSE
+consumer would (``async for`` / ``receive()``), without per-event timeouts.
+
+Cases: ``broadcast.subscribe`` on ``redis://`` and ``redis+streams://``; channels_redis
+core and pub/sub layers (one ``new_channel()`` per consumer, all in one group,
+``group_send``); encode/broadcaster (``Broadcast.subscribe``). broadcaster delivers
+nothing with redis-py 8, so it runs in its own virtualenv (``.venv-broadcaster``, made
+on first use) with the redis-py it works with, :data:`BROADCASTER_REQUIREMENTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ._common import REDIS_URL, Table, machine, setup_django, streams_url, verdict
+
+#: What encode/broadcaster is measured with (it receives nothing on redis-py 8).
+BROADCASTER_REQUIREMENTS = ["broadcaster==0.3.1", "redis==5.2.1"]
+BROADCASTER_VENV = Path(__file__).resolve().parent.parent / ".venv-broadcaster"
+TIMEOUT = 300.0
+
+Case = Callable[[int, int, str], Awaitable[float]]
+PUBLISHER = Path(__file__).with_name("_fanout_publisher.py")
+
+
+class Publisher:
+    """The publisher process of one round: connected and waiting for the go."""
+
+    def __init__(self, python: str, kind: str, url: str, prefix: str, channel: str) -> None:
+        self.args = [python, str(PUBLISHER), kind, url, prefix, channel]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def start(self, events: int) -> None:
+        """Start the process and wait until it has connected."""
+        self.process = await asyncio.create_subprocess_exec(
+            *self.args, str(events), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), TIMEOUT)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"publisher {self.args[2]} did not start")
+
+    def go(self) -> float:
+        """Tell it to publish; return the start time."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(b"go\n")
+        return time.perf_counter()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def _django_broadcast(url: str, prefix: str, n: int, events: int, channel: str) -> float:
+    from django_broadcast import broadcasts
+
+    bc = broadcasts["bench"]
+    subscribed = finished = 0
+    all_subscribed, all_received = asyncio.Event(), asyncio.Event()
+
+    async def subscriber() -> None:
+        nonlocal subscribed, finished
+        async with bc.subscribe(channel) as sub:
+            subscribed += 1
+            if subscribed == n:
+                all_subscribed.set()
+            received = 0
+            async for _event in sub:
+                received += 1
+                if received == events:
+                    break
+            finished += 1
+            if finished == n:
+                all_received.set()
+
+    async with Publisher(sys.executable, "django_broadcast", url, prefix, channel) as publisher:
+        await publisher.start(events)
+        tasks = [asyncio.create_task(subscriber()) for _ in range(n)]
+        try:
+            await asyncio.wait_for(all_subscribed.wait(), TIMEOUT)
+            start = publisher.go()
+            await asyncio.wait_for(all_received.wait(), TIMEOUT)
+            return time.perf_counter() - start
+        finally:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TIMEOUT)
+            await bc.aclose()
+
+
+async def _channels_redis(kind: str, prefix: str, n: int, events: int, channel: str) -> float:
+    from channels_redis.core import RedisChannelLayer
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer: Any
+    if kind == "core":
+        layer = RedisChannelLayer(hosts=[REDIS_URL], prefix=prefix + "core", capacity=events * 2)
+    else:
+        layer = RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=prefix + "ps")
+    names = [await layer.new_channel() for _ in range(n)]
+    for name in names:
+        await layer.group_add(channel, name)
+
+    async def consumer(name: str) -> None:
+        for _ in range(events):
+            await layer.receive(name)
+
+    publisher_kind = f"channels_redis-{kind}"
+    async with Publisher(sys.executable, publisher_kind, REDIS_URL, prefix, channel) as publisher:
+        await publisher.start(events)
+        tasks = [asyncio.create_task(consumer(name)) for name in names]
+        try:
+            await asyncio.sleep(0.5)  # let every receive() start; pub/sub needs it to buffer
+            start = publisher.go()
+            await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+            return time.perf_counter() - start
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await layer.flush()
+
+
+def _broadcaster_python() -> Path:
+    python = BROADCASTER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {BROADCASTER_VENV} with {' '.join(BROADCASTER_REQUIREMENTS)}")
+        subprocess.run([sys.executable, "-m", "venv", str(BROADCASTER_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *BROADCASTER_REQUIREMENTS],
+            check=True,
+        )
+    return python
+
+
+async def _broadcaster(n: int, events: int, channel: str) -> float:
+    proc = await asyncio.create_subprocess_exec(
+        str(_broadcaster_python()),
+        str(Path(__file__).with_name("_broadcaster_fanout.py")),
+        str(PUBLISHER),
+        REDIS_URL,
+        channel,
+        str(n),
+        str(events),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT + 30)
+    except asyncio.TimeoutError:
+        proc.kill()
+        raise
+    if proc.returncode:
+        raise RuntimeError(f"broadcaster run failed with exit code {proc.returncode}")
+    elapsed: float = json.loads(out)["elapsed"]
+    return elapsed
+
+
+def _cases(prefix: str) -> dict[str, Case]:
+    streams = streams_url()
+    return {
+        "django_broadcast redis://": lambda n, e, c: _django_broadcast(REDIS_URL, prefix, n, e, c),
+        "django_broadcast redis+streams://": lambda n, e, c: _django_broadcast(
+            streams, prefix, n, e, c
+        ),
+        "channels_redis core": lambda n, e, c: _channels_redis("core", prefix, n, e, c),
+        "channels_redis pubsub": lambda n, e, c: _channels_redis("pubsub", prefix, n, e, c),
+        "encode/broadcaster 0.3.1 (redis-py 5.2.1)": lambda n, e, c: _broadcaster(n, e, prefix + c),
+    }
+
+
+def run(sizes: list[int], events: int, rounds: int) -> Table:
+    """Measure every case at every size; return the table (used by the smoke test)."""
+    prefix = f"bench:{uuid.uuid4().hex[:6]}:"
+    # channels_redis core leaves clean-up tasks failing when its receivers are
+    # cancelled at the end of a round; asyncio would log each one.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    setup_django()
+    from django.test import override_settings
+
+    results: dict[tuple[str, int], float | None] = {}
+    failures: dict[tuple[str, int], str] = {}
+    for label, case in _cases(prefix).items():
+        url = streams_url() if "streams" in label else REDIS_URL
+        aliases = {
+            "default": {"URL": "memory://"},
+            "bench": {"URL": url, "OPTIONS": {"prefix": prefix}},
+        }
+        with override_settings(BROADCAST=aliases):
+            for n in sizes:
+                rates = []
+                for r in range(rounds):
+                    channel = f"fan-{n}-{r}-{uuid.uuid4().hex[:6]}"
+                    try:
+                        elapsed = asyncio.run(case(n, events, channel))
+                    except Exception as exc:  # an anchor that falls over is a result
+                        failures[label, n] = type(exc).__name__
+                        break
+                    rates.append(n * events / elapsed)
+                results[label, n] = statistics.median(rates) if len(rates) == rounds else None
+    _cleanup(prefix)
+    return _table(results, failures, sizes, events, rounds)
+
+
+def _table(
+    results: dict[tuple[str, int], float | None],
+    failures: dict[tuple[str, int], str],
+    sizes: list[int],
+    events: int,
+    rounds: int,
+) -> Table:
+    anchors = ["channels_redis pubsub", "encode/broadcaster 0.3.1 (redis-py 5.2.1)"]
+    table = Table(
+        f"In-process fan-out: {events} events to N subscribers of one channel, "
+        f"deliveries/s, median of {rounds} rounds ({machine()})",
+        ["case", *(f"N={n:,}" for n in sizes), *(f"vs {a.split(' (')[0]}" for a in anchors)],
+    )
+    largest = sizes[-1]
+    for label in dict.fromkeys(label for label, _ in results):
+        cells = [_rate(results[label, n], failures.get((label, n))) for n in sizes]
+        ratios = []
+        for anchor in anchors:
+            ours, theirs = results[label, largest], results[anchor, largest]
+            ratios.append(f"{ours / theirs:,.1f}x" if ours and theirs else "-")
+        table.add(label, *cells, *ratios)
+    ours = results["django_broadcast redis://", largest] or 0.0
+    for anchor, factor in zip(anchors, (5, 3), strict=True):
+        theirs = results[anchor, largest]
+        met = theirs is None or ours >= factor * theirs  # or the anchor failed
+        table.add(
+            f"target: redis:// >= {factor}x {anchor.split(' (')[0]} at N={largest:,}",
+            *([""] * len(sizes)),
+            *(verdict(met) if a == anchor else "" for a in anchors),
+        )
+    return table
+
+
+def _rate(rate: float | None, failure: str | None) -> str:
+    return f"failed ({failure})" if rate is None else f"{rate:,.0f}"
+
+
+def _cleanup(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(run(sizes, args.events, args.rounds).render())
+
+
+if __name__ == "__main__":
+    main()
