@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ BROADCASTER_REQUIREMENTS = ["broadcaster==0.3.1", "redis==5.2.1"]
 BROADCASTER_VENV = Path(__file__).resolve().parent.parent / ".venv-broadcaster"
 TIMEOUT = 300.0
 
-Case = Callable[[int, int, str], Awaitable[float]]
+Case = Callable[[int, int, str], Coroutine[Any, Any, float]]
 PUBLISHER = Path(__file__).with_name("_fanout_publisher.py")
 
 
