@@ -37,3 +37,11 @@ def test_fanout_benchmark_runs() -> None:
         assert case in table
     assert "failed" not in table.split("channels_redis core")[0]
     assert "target: redis:// >= 5x channels_redis pubsub" in table
+
+
+def test_memory_benchmark_runs() -> None:
+    from benchmarks import memory
+
+    table = memory.run(subscribers=3).render()
+    assert "django_broadcast redis://" in table and "channels_redis pubsub" in table
+    assert "failed" not in table.split("channels_redis core")[0]

@@ -1,0 +1,88 @@
+"""Memory: resident bytes per idle subscriber, for the project and its anchors.
+
+    python -m benchmarks.memory [--subscribers 10000]
+
+Each case runs in a fresh process (``_idle_subscribers.py``): connect, read RSS,
+start N idle subscribers of one channel one after the other (each a task waiting for
+an event, as a consumer is), read RSS again. Cases: ``broadcast.subscribe`` on
+``redis://`` and ``redis+streams://``; channels_redis core and pub/sub layers
+(``new_channel()`` + ``group_add`` + a pending ``receive()`` per subscriber, what a
+Channels consumer with ``groups`` holds); encode/broadcaster in its own virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from ._common import REDIS_URL, Table, machine, streams_url
+from .fanout import _broadcaster_python
+
+SCRIPT = Path(__file__).with_name("_idle_subscribers.py")
+TIMEOUT = 600
+
+
+def _measure(python: str, kind: str, url: str, prefix: str, n: int) -> float | str:
+    try:
+        done = subprocess.run(
+            [python, str(SCRIPT), kind, url, prefix, str(n)],
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "failed (timeout)"
+    if done.returncode:
+        last = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return f"failed ({last[0][:60] if last else done.returncode})"
+    per: float = json.loads(done.stdout)["bytes_per_subscriber"]
+    return per
+
+
+def run(subscribers: int) -> Table:
+    """Measure every case; return the table (used by the smoke test)."""
+    prefix = f"bench:{uuid.uuid4().hex[:6]}:"
+    ours = sys.executable
+    cases = [
+        ("django_broadcast redis://", ours, "django_broadcast", REDIS_URL),
+        ("django_broadcast redis+streams://", ours, "django_broadcast", streams_url()),
+        ("channels_redis core", ours, "channels_redis-core", REDIS_URL),
+        ("channels_redis pubsub", ours, "channels_redis-pubsub", REDIS_URL),
+        (
+            "encode/broadcaster 0.3.1 (redis-py 5.2.1)",
+            str(_broadcaster_python()),
+            "broadcaster",
+            REDIS_URL,
+        ),
+    ]
+    results = {
+        label: _measure(python, kind, url, prefix, subscribers)
+        for label, python, kind, url in cases
+    }
+    anchor = results["channels_redis pubsub"]
+    table = Table(
+        f"Memory per idle subscriber, {subscribers:,} subscribers of one channel ({machine()})",
+        ["case", "KiB/subscriber", "vs channels_redis pubsub"],
+    )
+    for label, per in results.items():
+        if isinstance(per, str):
+            table.add(label, per, "-")
+            continue
+        ratio = f"{per / anchor:.2f}x" if isinstance(anchor, float) and anchor > 0 else "-"
+        table.add(label, f"{per / 1024:.2f}", ratio)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    args = parser.parse_args()
+    print(run(args.subscribers).render())
+
+
+if __name__ == "__main__":
+    main()
