@@ -178,6 +178,7 @@ class _Connection:
         self.backend = backend
         self.role = role
         self.conn: AbstractConnection | None = None
+        self.lock = asyncio.Lock()  # one command and its answer at a time
 
     async def connect(self) -> AbstractConnection:
         conn = self.backend.make_connection(self.role)
@@ -192,11 +193,12 @@ class _Connection:
     async def command(self, *args: Any) -> Any:
         """Send a command and read its answer (only where nothing else reads)."""
         conn = self.require()
-        try:
-            await conn.send_command(*args)
-            return await conn.read_response(timeout=self.backend.timeout)
-        except _REDIS_ERRORS as exc:
-            raise self.backend.unavailable(exc) from exc
+        async with self.lock:
+            try:
+                await conn.send_command(*args)
+                return await conn.read_response(timeout=self.backend.timeout)
+            except _REDIS_ERRORS as exc:
+                raise self.backend.unavailable(exc) from exc
 
     def require(self) -> AbstractConnection:
         if self.conn is None:
