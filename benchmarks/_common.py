@@ -36,14 +36,22 @@ def setup_django() -> None:
         django.setup()
 
 
-def median_rate(run: Callable[[int], float], n: int, rounds: int) -> tuple[float, float]:
-    """Run ``run(n)`` (which returns elapsed seconds) ``rounds`` times.
+def interleaved_rates(
+    cases: Sequence[tuple[str, Callable[[], Any], int]], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Time each case's ``n`` calls once per round, the cases taking turns in every
+    round, so that a change in the machine's load touches every case alike.
 
-    Return (median seconds per operation, operations per second at that median).
+    Return, per case, (median seconds per call, calls per second at that median).
     """
-    run(max(1, n // 10))  # warm up: connections, caches
-    per_op = statistics.median(run(n) / n for _ in range(rounds))
-    return per_op, 1 / per_op
+    for _label, fn, n in cases:
+        timed(fn, max(1, n // 10))  # warm up: connections, caches
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    for _ in range(rounds):
+        for label, fn, n in cases:
+            samples[label].append(timed(fn, n) / n)
+    medians = {label: statistics.median(values) for label, values in samples.items()}
+    return {label: (per_op, 1 / per_op) for label, per_op in medians.items()}
 
 
 def timed(fn: Callable[[], Any], n: int) -> float:

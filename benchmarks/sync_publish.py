@@ -17,11 +17,10 @@ from collections.abc import Callable
 from ._common import (
     REDIS_URL,
     Table,
+    interleaved_rates,
     machine,
-    median_rate,
     setup_django,
     streams_url,
-    timed,
     verdict,
 )
 
@@ -95,10 +94,7 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
             )
         )
 
-    results = {}
-    for label, fn, n in cases:
-        per_op, rate = median_rate(lambda n, fn=fn: timed(fn, n), n, rounds)  # type: ignore[misc]
-        results[label] = (per_op, rate)
+    results = interleaved_rates(cases, rounds)
 
     floor = results["redis-py PUBLISH (raw floor)"][1]
     anchor = results.get("channels_redis core: async_to_sync(group_send)", (0, 0))[1]
