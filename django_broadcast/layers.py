@@ -1,0 +1,406 @@
+"""The Channels bridge: a channel layer whose groups are broadcast channels.
+
+Configure it in place of ``channels_redis``::
+
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "django_broadcast.layers.BroadcastChannelLayer",
+            "CONFIG": {"using": "default"},  # the BROADCAST alias to travel through
+        }
+    }
+
+and existing Channels code keeps working, sharing its events with the rest of the site:
+
+- **Groups are broadcast channels.** ``group_send("chat.lobby", {"type": "chat.message",
+  "text": "hi"})`` publishes the event ``type="chat.message"``, ``data={"text": "hi"}``
+  on the broadcast channel ``chat.lobby``, so ``broadcast.subscribe("chat.lobby")``
+  subscribers and browser clients receive it; and ``broadcast.publish("chat.lobby",
+  data, type="chat.message")`` from a sync view reaches every consumer in the group.
+  A member receives ``{**data, "type": ..., "channel": group, "id": event id, "data":
+  data}``: exactly the keys a ``group_send`` sent, plus ``channel``, ``id`` and ``data``
+  (where the sent message has its own ``channel``, ``id`` or ``data`` key, it wins).
+- **Membership is local to the process.** ``group_add`` holds one broadcast
+  subscription per group per process (however many consumers join) and returns once
+  the broker has confirmed it; the last ``group_discard`` releases it. ``group_expiry``
+  is accepted for compatibility; memberships end with ``group_discard`` or ``flush``.
+- **Process-specific channels** (``new_channel()``, a consumer's ``channel_name``) are
+  served by one inbox subscription per layer: ``send()`` to a channel of this process
+  is a local hand-off (``ChannelFull`` past ``capacity``); to another process's, it
+  is published on that process's inbox channel (the part of the name before ``!``).
+- **Other channels** (``send("thumbnails", ...)`` to a worker) travel as in
+  channels_redis's pub/sub layer: the message reaches every process that is receiving
+  on that name at the time, and is lost if none is.
+- **Every receiver gets its own copy** of a message, never a dict shared with other
+  consumers.
+- **Bytes survive the trip.** Channel-layer messages may carry ``bytes`` (WebSocket
+  binary frames); the alias's JSON codec cannot, so the layer sends them as
+  ``{"__bytes__": "<base64>"}`` and turns them back into ``bytes`` for layer receivers.
+  ``broadcast.subscribe()`` subscribers see the tagged form.
+- Gap notices of the hub (``broadcast.gap``) are not delivered to consumers, which
+  would have no handler for them; they are logged.
+- Messages expire after ``expiry`` seconds (default 60) unreceived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import hashlib
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+
+from .broadcast import Broadcast
+from .events import GAP, Event
+from .exceptions import SubscriptionClosed
+from .handler import broadcasts
+from .hub import Subscription
+
+__all__ = ["BroadcastChannelLayer"]
+
+logger = logging.getLogger(__name__)
+
+#: The event type of a ``send()`` to another process's channel.
+SEND_TYPE = "channels.send"
+_BYTES = "__bytes__"
+_CHANNEL_PREFIX = "layer.channel."
+
+
+def encode_bytes(value: Any) -> Any:
+    """``value`` with every ``bytes`` inside replaced by a JSON-safe tagged dict."""
+    if isinstance(value, bytes):
+        return {_BYTES: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {key: encode_bytes(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_bytes(item) for item in value]
+    return value
+
+
+def decode_bytes(value: Any) -> Any:
+    """A fresh copy of ``value`` with the tagged dicts of :func:`encode_bytes` turned
+    back into ``bytes``: every call builds new containers, so receivers never share."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_BYTES), str):
+            return base64.b64decode(value[_BYTES])
+        return {key: decode_bytes(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_bytes(item) for item in value]
+    return value
+
+
+def member_message(event: Event) -> dict[str, Any]:
+    """The channel-layer message a group member receives for ``event`` (a new dict)."""
+    data = decode_bytes(event.data)
+    message: dict[str, Any] = {"channel": event.channel, "id": event.id, "data": data}
+    if isinstance(data, dict):
+        message.update(data)
+    message["type"] = event.type
+    return message
+
+
+class _Inbox:
+    """The local queue of one channel: messages with their expiry, and waiters."""
+
+    __slots__ = ("capacity", "messages", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.messages: deque[tuple[float, dict[str, Any]]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.done():
+                continue
+            loop = waiter.get_loop()
+            if _running_loop() is loop:
+                waiter.set_result(None)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, waiter)
+            return
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+@dataclass
+class _Reader:
+    """One broadcast subscription of the layer and the task that routes its events."""
+
+    subscription: Subscription
+    task: asyncio.Task[None]
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done() and not self.loop.is_closed()
+
+    async def stop(self) -> None:
+        if self.loop is _running_loop():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+            await self.subscription.aclose()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.task.cancel)
+
+
+class BroadcastChannelLayer(BaseChannelLayer):
+    """A Channels channel layer that travels through a broadcast alias.
+
+    ``CONFIG``: ``using`` (the ``BROADCAST`` alias, default ``"default"``),
+    ``expiry`` (seconds an unreceived message lives, default 60), ``capacity``
+    (messages a local channel holds before ``ChannelFull``, default 100),
+    ``channel_capacity`` (per-pattern capacities, as in channels_redis) and
+    ``group_expiry`` (accepted for compatibility).
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    def __init__(
+        self,
+        using: str = "default",
+        expiry: int = 60,
+        capacity: int = 100,
+        channel_capacity: dict[Any, int] | None = None,
+        group_expiry: int = 86400,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.using = using
+        self.group_expiry = group_expiry
+        #: The part before ``!`` of this layer's process-specific channels.
+        self.client_prefix = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._inboxes: dict[str, _Inbox] = {}
+        self._groups: dict[str, dict[str, float]] = {}
+        self._my_inboxes: set[str] = set()  # broadcast channels of our specific channels
+        self._readers: dict[str, _Reader] = {}  # broadcast channel -> reader
+        self._reader_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def broadcast(self) -> Broadcast:
+        """The broadcast alias this layer travels through."""
+        return broadcasts[self.using]
+
+    # Channels ----------------------------------------------------------------------
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """Make a process-specific channel name, served by this layer's inbox."""
+        inbox = f"{prefix}{self.client_prefix}"
+        self.require_valid_group_name(inbox)
+        self._my_inboxes.add(inbox)
+        await self._ensure_reader(inbox, self._route_inbox)
+        return f"{inbox}!{uuid.uuid4().hex[:12]}"
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; raise ``ChannelFull`` when a local channel
+        already holds ``capacity`` messages."""
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        assert "__asgi_channel__" not in message
+        expires = time.time() + self.expiry
+        if "!" in channel:
+            inbox = channel.split("!", 1)[0]
+            if inbox in self._my_inboxes:
+                self._put(channel, expires, copy.deepcopy(message), strict=True)
+                return
+            data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
+            await self.broadcast.apublish(inbox, data, type=SEND_TYPE)
+            return
+        data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
+        await self.broadcast.apublish(self._broker_channel(channel), data, type=SEND_TYPE)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for the next message on ``channel``; each goes to one receiver."""
+        self.require_valid_channel_name(channel)
+        if "!" not in channel:
+            await self._ensure_reader(self._broker_channel(channel), self._route_inbox)
+        elif channel.split("!", 1)[0] in self._my_inboxes:
+            await self._ensure_reader(channel.split("!", 1)[0], self._route_inbox)
+        inbox = self._inbox(channel)
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.time()
+            while inbox.messages:
+                expires, message = inbox.messages.popleft()
+                if expires >= now:
+                    return message
+                self._expired(channel)
+            waiter = loop.create_future()
+            inbox.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and inbox.messages:
+                    inbox.wake_one()  # pass the wake-up on to another receiver
+                raise
+
+    def _inbox(self, channel: str) -> _Inbox:
+        with self._lock:
+            inbox = self._inboxes.get(channel)
+            if inbox is None:
+                inbox = self._inboxes[channel] = _Inbox(self.get_capacity(channel))
+            return inbox
+
+    def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> None:
+        inbox = self._inbox(channel)
+        if len(inbox.messages) >= inbox.capacity:
+            if strict:
+                raise ChannelFull(channel)
+            logger.warning(
+                "channel %r is full (capacity %d): message dropped", channel, inbox.capacity
+            )
+            return
+        inbox.messages.append((expires, message))
+        inbox.wake_one()
+
+    def _expired(self, channel: str) -> None:
+        for members in self._groups.values():
+            members.pop(channel, None)
+
+    @staticmethod
+    def _broker_channel(channel: str) -> str:
+        name = _CHANNEL_PREFIX + channel
+        if len(name) > 100:
+            name = _CHANNEL_PREFIX + hashlib.sha1(channel.encode()).hexdigest()
+        return name
+
+    # Groups ------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``; return once the group's events are received."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._groups.setdefault(group, {})[channel] = time.time()
+        try:
+            await self._ensure_reader(group, self._route_group)
+        except BaseException:
+            await self.group_discard(group, channel)
+            raise
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; the last one out releases the group."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        members = self._groups.get(group)
+        if members is None:
+            return
+        members.pop(channel, None)
+        if not members:
+            del self._groups[group]
+            reader = self._readers.pop(group, None)
+            if reader is not None:
+                await reader.stop()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Publish ``message`` on the broadcast channel ``group``."""
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_group_name(group)
+        data = {key: value for key, value in message.items() if key != "type"}
+        await self.broadcast.apublish(group, encode_bytes(data), type=message["type"])
+
+    # Readers -----------------------------------------------------------------------
+
+    async def _ensure_reader(self, name: str, route: Callable[[Event], None]) -> None:
+        reader = self._readers.get(name)
+        if reader is not None and reader.alive:
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._reader_locks.get(loop)
+        if lock is None:
+            lock = self._reader_locks[loop] = asyncio.Lock()
+        async with lock:
+            reader = self._readers.get(name)
+            if reader is not None and reader.alive:
+                return
+            subscription = self.broadcast.subscribe(name)
+            await subscription.__aenter__()
+            task = loop.create_task(self._read(subscription, route))
+            self._readers[name] = _Reader(subscription, task, loop)
+
+    async def _read(self, subscription: Subscription, route: Callable[[Event], None]) -> None:
+        try:
+            async for event in subscription:
+                if event.type == GAP:
+                    logger.warning(
+                        "channel layer missed events on %r: %s", event.channel, event.data
+                    )
+                    continue
+                try:
+                    route(event)
+                except Exception:
+                    logger.exception("could not route an event of %r", event.channel)
+        except SubscriptionClosed as exc:
+            logger.error("channel layer subscription of %r ended: %s", subscription.channels, exc)
+        finally:
+            await subscription.aclose()
+
+    def _route_group(self, event: Event) -> None:
+        for member in list(self._groups.get(event.channel, ())):
+            message = member_message(event)
+            if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
+                self._put(member, time.time() + self.expiry, message, strict=False)
+            else:
+                asyncio.get_running_loop().create_task(self._forward(member, message))
+
+    async def _forward(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await self.send(channel, message)
+        except ChannelFull:
+            logger.warning("channel %r is full: group message dropped", channel)
+
+    def _route_inbox(self, event: Event) -> None:
+        if event.type != SEND_TYPE or not isinstance(event.data, dict):
+            return
+        data = event.data
+        if data.get("expires", 0) < time.time():
+            return
+        self._put(data["to"], data["expires"], decode_bytes(data["message"]), strict=False)
+
+    # Flush and close ---------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Drop every queued message, group membership and subscription."""
+        readers, self._readers = self._readers, {}
+        self._groups = {}
+        with self._lock:
+            self._inboxes = {}
+        await _gather(reader.stop() for reader in readers.values())
+
+    async def close(self) -> None:
+        """Release this layer's subscriptions (the alias stays open)."""
+        readers, self._readers = self._readers, {}
+        await _gather(reader.stop() for reader in readers.values())
+
+
+async def _gather(awaitables: Iterable[Awaitable[None]]) -> None:
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            logger.debug("releasing a layer subscription failed: %r", result)
