@@ -7,12 +7,13 @@ from django.core import checks
 
 
 class BroadcastConfig(AppConfig):
-    """Registers the settings checks."""
+    """Registers the system checks of the settings."""
 
     name = "django_broadcast"
     verbose_name = "Broadcast"
 
     def ready(self) -> None:
-        from .checks import check_settings
+        from .checks import check_clients, check_settings
 
         checks.register(check_settings)
+        checks.register(check_clients)

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from . import clients
 from .backends.memory import MemoryBackend
 from .conf import validate
 
@@ -29,3 +30,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     )
                 )
     return messages
+
+
+def check_clients(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Report problems in ``BROADCAST_CLIENTS`` and ``BROADCAST_AUTH`` (E010-E014)."""
+    _clients, _auth, problems = clients.validate()
+    return [Error(p.msg, hint=p.hint or None, id=f"django_broadcast.{p.id}") for p in problems]

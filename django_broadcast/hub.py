@@ -279,6 +279,9 @@ class Subscription:
         self.channels = channels
         #: Events this subscription dropped because its queue was full.
         self.dropped = 0
+        #: With ``since``: whether every event after it was replayed (no gap notice),
+        #: known once the subscription is open. None without ``since``.
+        self.recovered: bool | None = None
         self._broadcast = broadcast
         self._since = dict(since or {})
         self._maxsize = broadcast.config.queue_size
@@ -401,6 +404,8 @@ class Subscription:
 
     def _overflow(self, event: Event) -> None:
         alias = self._broadcast.alias
+        if self.recovered:
+            self.recovered = False  # the replay itself overflowed the queue
         self.dropped += 1
         self._broadcast.dropped += 1
         if self._disconnect:
@@ -454,12 +459,15 @@ class Subscription:
         broadcast = self._broadcast
         backend = broadcast.backend
         newest: dict[str, Any] = {}
+        self.recovered = True
         for channel, since in self._since.items():
             if not backend.supports_history:
+                self.recovered = False
                 self._enqueue(gap_event(channel, "history", since=since))
                 continue
             page = await backend.ahistory(channel, limit=None, since=since)
             if page.gap:
+                self.recovered = False
                 self._enqueue(gap_event(channel, "history", since=since))
             newest[channel] = backend.id_key(since)
             for message in page.messages:

@@ -1,0 +1,89 @@
+"""URL patterns and ready-wrapped routers for ``asgi.py``.
+
+A whole ``asgi.py`` (daphne: ``daphne myproject.asgi:application``; uvicorn:
+``uvicorn myproject.asgi:application``; the file is the same)::
+
+    import os
+
+    from django.core.asgi import get_asgi_application
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myproject.settings")
+    django_asgi_app = get_asgi_application()  # before importing consumers
+
+    from django_broadcast.routing import application
+
+    application = application(django_asgi_app)
+
+That serves the WebSocket protocol at ``/broadcast/ws/`` and Server-Sent Events at
+``/broadcast/events/?channel=...``, both behind ``AuthMiddlewareStack`` (so the
+policy sees ``request.user``), the WebSocket also behind
+``AllowedHostsOriginValidator``, and every other HTTP request goes to Django. To add
+your own consumers, pass their patterns: ``application(django_asgi_app,
+websocket=[path("chat/<room>/", ChatConsumer.as_asgi())])``; or build your own
+``ProtocolTypeRouter`` from :data:`websocket_urlpatterns` and
+:data:`http_urlpatterns`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import URLPattern, URLResolver, path, re_path
+from django.urls.resolvers import RegexPattern
+
+from .consumers import BroadcastWebsocketConsumer, EventStreamConsumer
+
+__all__ = [
+    "application",
+    "http_router",
+    "http_urlpatterns",
+    "websocket_router",
+    "websocket_urlpatterns",
+]
+
+Patterns = Sequence[URLPattern | URLResolver]
+
+#: The WebSocket consumer, unwrapped.
+websocket_urlpatterns: list[URLPattern | URLResolver] = [
+    path("broadcast/ws/", BroadcastWebsocketConsumer.as_asgi()),
+]
+
+#: The Server-Sent Events consumer, unwrapped.
+http_urlpatterns: list[URLPattern | URLResolver] = [
+    path("broadcast/events/", EventStreamConsumer.as_asgi()),
+]
+
+
+def websocket_router(extra: Patterns = ()) -> Any:
+    """The WebSocket patterns plus ``extra``, behind the origin check and auth."""
+    return AllowedHostsOriginValidator(
+        AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *extra]))
+    )
+
+
+def _with_auth(pattern: URLPattern | URLResolver) -> URLPattern:
+    if not isinstance(pattern, URLPattern):
+        raise TypeError(f"pass path() or re_path() patterns, not {pattern!r}")
+    make = re_path if isinstance(pattern.pattern, RegexPattern) else path
+    return make(str(pattern.pattern), AuthMiddlewareStack(pattern.callback), name=pattern.name)
+
+
+def http_router(django_app: Any, extra: Patterns = ()) -> Any:
+    """The SSE patterns plus ``extra``, each behind auth; everything else to Django."""
+    return URLRouter(
+        [
+            *(_with_auth(pattern) for pattern in [*http_urlpatterns, *extra]),
+            re_path(r"", django_app),
+        ]
+    )
+
+
+def application(django_app: Any, *, websocket: Patterns = (), http: Patterns = ()) -> Any:
+    """A whole ``ProtocolTypeRouter``: the broadcast consumers, yours, then Django."""
+    return ProtocolTypeRouter(
+        {"http": http_router(django_app, http), "websocket": websocket_router(websocket)}
+    )

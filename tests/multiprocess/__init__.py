@@ -1,0 +1,1 @@
+"""A project served by real daphne processes in ``test_multiprocess.py``."""

@@ -1,0 +1,3 @@
+"""No HTTP views: the servers only route WebSocket and SSE."""
+
+urlpatterns: list[object] = []

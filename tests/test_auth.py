@@ -1,0 +1,97 @@
+"""The authorization policy and the browser-client settings' system checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from django_broadcast.auth import authorize
+from django_broadcast.checks import check_clients
+from django_broadcast.clients import client_settings
+
+CALLS: list[tuple[Any, str, str]] = []
+
+
+async def test_default_policy_denies_everything() -> None:
+    for action in ("subscribe", "history", "publish"):
+        assert not await authorize(AnonymousUser(), "news.today", action)
+
+
+@override_settings(BROADCAST_AUTH={"PUBLIC": ["news.*"], "PUBLISH": ["chat.*"]})
+async def test_pattern_policy() -> None:
+    user = AnonymousUser()
+    assert await authorize(user, "news.today", "subscribe")
+    assert await authorize(user, "news.today", "history")
+    assert not await authorize(user, "news.today", "publish")
+    assert await authorize(user, "chat.lobby", "publish")
+    assert not await authorize(user, "chat.lobby", "subscribe")
+    assert not await authorize(user, "newsx", "subscribe")
+
+
+def sync_policy(user: Any, channel: str, action: str) -> bool:
+    CALLS.append((user, channel, action))
+    return channel == "mine"
+
+
+async def async_policy(user: Any, channel: str, action: str) -> bool:
+    return channel == "mine"
+
+
+class ClassPolicy:
+    def __call__(self, user: Any, channel: str, action: str) -> bool:
+        return action == "history"
+
+
+@pytest.mark.parametrize("name", ["sync_policy", "async_policy", "ClassPolicy"])
+async def test_custom_policies(name: str) -> None:
+    with override_settings(BROADCAST_AUTH={"POLICY": f"{__name__}.{name}"}):
+        mine = await authorize(AnonymousUser(), "mine", "subscribe")
+        other = await authorize(AnonymousUser(), "other", "history")
+    assert (mine, other) == ((False, True) if name == "ClassPolicy" else (True, False))
+
+
+async def test_unknown_action() -> None:
+    with pytest.raises(ValueError, match="unknown action"):
+        await authorize(AnonymousUser(), "x", "delete")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("BROADCAST_CLIENTS", [], "E010"),
+        ("BROADCAST_CLIENTS", {"KEEPALVE": 1}, "E010"),
+        ("BROADCAST_CLIENTS", {"KEEPALIVE": 0}, "E011"),
+        ("BROADCAST_CLIENTS", {"MAX_FRAME_SIZE": "big"}, "E011"),
+        ("BROADCAST_CLIENTS", {"USING": "nope"}, "E014"),
+        ("BROADCAST_AUTH", {"PUBLIC": "news.*"}, "E012"),
+        ("BROADCAST_AUTH", {"PUBLIK": []}, "E012"),
+        ("BROADCAST_AUTH", {"POLICY": "no.such.policy"}, "E013"),
+        ("BROADCAST_AUTH", {"POLICY": "django_broadcast.auth.ACTIONS"}, "E013"),
+    ],
+)
+def test_system_checks(setting: str, value: Any, expected: str) -> None:
+    with override_settings(**{setting: value}):
+        messages = check_clients()
+    assert [m.id for m in messages] == [f"django_broadcast.{expected}"]
+    assert messages[0].hint
+
+
+def test_good_settings_pass_the_checks() -> None:
+    with override_settings(
+        BROADCAST_CLIENTS={"KEEPALIVE": 5, "MAX_SUBSCRIPTIONS": 10},
+        BROADCAST_AUTH={"PUBLIC": ["a.*"], "POLICY": f"{__name__}.ClassPolicy"},
+    ):
+        assert check_clients() == []
+        assert client_settings().keepalive == 5.0
+
+
+def test_bad_settings_are_refused_at_use() -> None:
+    with (
+        override_settings(BROADCAST_CLIENTS={"RETRY": -1}),
+        pytest.raises(ImproperlyConfigured, match="E011"),
+    ):
+        client_settings()
