@@ -224,11 +224,21 @@ def _resolve_backend(
         )
         return None, ""
     if not isinstance(backend_path, str):
-        problems.append(Problem("E002", f"{where}['BACKEND'] must be a dotted path string.", ""))
+        problems.append(
+            Problem(
+                "E002",
+                f"{where}['BACKEND'] must be a dotted path string.",
+                'Write e.g. "django_broadcast.backends.redis.RedisStreamsBackend".',
+            )
+        )
         return None, ""
     if not isinstance(location, str):
         problems.append(
-            Problem("E004", f"{where}['LOCATION'] must be a string, not {location!r}.", "")
+            Problem(
+                "E004",
+                f"{where}['LOCATION'] must be a string, not {location!r}.",
+                'Write the broker URL, e.g. "redis://127.0.0.1:6379/0".',
+            )
         )
         location = ""
     return backend_path, location
@@ -240,7 +250,13 @@ def _validate_hub_settings(
     found: dict[str, Any] = {}
 
     def bad(key: str, value: Any, must: str) -> None:
-        problems.append(Problem("E004", f"{where}[{key!r}] = {value!r}: must be {must}.", ""))
+        problems.append(
+            Problem(
+                "E004",
+                f"{where}[{key!r}] = {value!r}: must be {must}.",
+                f"Set {key} to {must}, or leave it out for its default.",
+            )
+        )
 
     if "QUEUE_SIZE" in entry:
         value = entry["QUEUE_SIZE"]

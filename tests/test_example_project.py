@@ -1,0 +1,38 @@
+"""The example project that ``scripts/demo`` serves passes Django's checks and serves
+its page, publishes from its sync view and shows the event in history."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
+
+SCRIPT = """
+import django
+django.setup()
+from django.core.management import call_command
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+call_command("check", fail_level="WARNING")
+client = Client()
+assert client.get("/").status_code == 200
+response = client.post("/publish/", {"text": "hello"}, headers={"X-Requested-With": "fetch"})
+assert response.status_code == 204, response.status_code
+page = client.get("/").content.decode()
+assert "hello" in page, page
+print("example ok")
+"""
+
+
+def test_example_project_works() -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "demo.settings", "BROADCAST_URL": "memory://"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=EXAMPLE, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "example ok" in done.stdout
