@@ -1,0 +1,3 @@
+"""No HTTP views."""
+
+urlpatterns: list[object] = []
