@@ -95,3 +95,40 @@ def test_bad_settings_are_refused_at_use() -> None:
         pytest.raises(ImproperlyConfigured, match="E011"),
     ):
         client_settings()
+
+
+def owner_only(user: Any, channel: str, action: str) -> bool:
+    return user.is_authenticated and channel == f"user.{user.pk}"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_consumers_see_the_logged_in_user_through_the_routing() -> None:
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from django_broadcast.routing import websocket_router
+
+    def log_in() -> tuple[int, str]:
+        user = User.objects.create_user("ada", password="pw")
+        client = Client()
+        assert client.login(username="ada", password="pw")
+        return user.pk, client.cookies["sessionid"].value
+
+    pk, session = await sync_to_async(log_in)()
+    settings = {
+        "BROADCAST_AUTH": {"POLICY": f"{__name__}.owner_only"},
+        "ALLOWED_HOSTS": ["testserver"],
+    }
+    with override_settings(**settings):
+        for cookie, expected in ((f"sessionid={session}", "subscribed"), ("", "error")):
+            headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+            if cookie:
+                headers.append((b"cookie", cookie.encode()))
+            ws = WebsocketCommunicator(websocket_router(), "/broadcast/ws/", headers=headers)
+            connected, _ = await ws.connect(timeout=5)
+            assert connected
+            await ws.send_json_to({"op": "subscribe", "channel": f"user.{pk}"})
+            assert (await ws.receive_json_from(timeout=5))["op"] == expected
+            await ws.disconnect()
