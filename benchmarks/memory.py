@@ -1,6 +1,6 @@
-"""Memory: resident bytes per idle subscriber, for the project and its anchors.
+"""Memory: resident bytes per idle subscriber and per idle WebSocket connection.
 
-    python -m benchmarks.memory [--subscribers 10000]
+    python -m benchmarks.memory [--subscribers 10000] [--connections 1000]
 
 Each case runs in a fresh process (``_idle_subscribers.py``): connect, read RSS,
 start N idle subscribers of one channel one after the other (each a task waiting for
@@ -8,11 +8,17 @@ an event, as a consumer is), read RSS again. Cases: ``broadcast.subscribe`` on
 ``redis://`` and ``redis+streams://``; channels_redis core and pub/sub layers
 (``new_channel()`` + ``group_add`` + a pending ``receive()`` per subscriber, what a
 Channels consumer with ``groups`` holds); encode/broadcaster in its own virtualenv.
+
+Per idle WebSocket connection: the RSS of one daphne process (the servers of
+``e2e_websocket``) before and after ``--connections`` clients connect and subscribe,
+for the Channels anchor (channels_redis pub/sub), the same consumer on
+``BroadcastChannelLayer``, and ``BroadcastWebsocketConsumer``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -20,6 +26,8 @@ import uuid
 from pathlib import Path
 
 from ._common import REDIS_URL, Table, machine, streams_url
+from .e2e import CASES
+from .e2e_websocket import Client, server
 from .fanout import _broadcaster_python
 
 SCRIPT = Path(__file__).with_name("_idle_subscribers.py")
@@ -43,8 +51,50 @@ def _measure(python: str, kind: str, url: str, prefix: str, n: int) -> float | s
     return per
 
 
+def _server_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def _connections_rss(case: str, port: int, pid: int, connections: int) -> float:
+    warm = [Client(case, port) for _ in range(10)]  # first connections load code
+    clients = [Client(case, port) for _ in range(connections)]
+    try:
+        for client in warm:
+            await client.connect()
+        await asyncio.sleep(0.5)
+        before = _server_rss(pid)
+        for client in clients:
+            await client.connect()
+        await asyncio.sleep(1.0)
+        return (_server_rss(pid) - before) / connections
+    finally:
+        await asyncio.gather(*(c.close() for c in [*warm, *clients]), return_exceptions=True)
+
+
+def websocket_table(connections: int) -> Table:
+    """RSS per idle WebSocket connection of one daphne process, per case."""
+    prefix = f"bench:{uuid.uuid4().hex[:6]}:"
+    results = {}
+    for case in ("anchor", "layer", "consumer"):  # the diagnostic cases add nothing here
+        with server(case, prefix) as (port, pid):
+            results[case] = asyncio.run(_connections_rss(case, port, pid, connections))
+    anchor = results["anchor"]
+    table = Table(
+        f"Memory per idle WebSocket connection, {connections:,} on one daphne process "
+        f"({machine()})",
+        ["case", "KiB/connection", "vs anchor"],
+    )
+    for case, per in results.items():
+        table.add(CASES[case], f"{per / 1024:.1f}", f"{per / anchor:.2f}x" if anchor > 0 else "-")
+    return table
+
+
 def run(subscribers: int) -> Table:
-    """Measure every case; return the table (used by the smoke test)."""
+    """Measure every idle-subscriber case; return the table (used by the smoke test)."""
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
     ours = sys.executable
     cases = [
@@ -80,8 +130,11 @@ def run(subscribers: int) -> Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=1000)
     args = parser.parse_args()
     print(run(args.subscribers).render())
+    print()
+    print(websocket_table(args.connections).render())
 
 
 if __name__ == "__main__":

@@ -45,3 +45,10 @@ def test_memory_benchmark_runs() -> None:
     table = memory.run(subscribers=3).render()
     assert "django_broadcast redis://" in table and "channels_redis pubsub" in table
     assert "failed" not in table.split("channels_redis core")[0]
+
+
+def test_memory_per_connection_benchmark_runs() -> None:
+    from benchmarks import memory
+
+    table = memory.websocket_table(connections=3).render()
+    assert "BroadcastWebsocketConsumer" in table and "anchor" in table
