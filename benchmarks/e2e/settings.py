@@ -24,7 +24,7 @@ CASE = os.environ.get("E2E_CASE", "consumer")
 BROADCAST = {"default": {"URL": REDIS_URL, "OPTIONS": {"prefix": PREFIX}}}
 BROADCAST_AUTH = {"PUBLIC": ["bench"]}
 BROADCAST_CLIENTS = {"MAX_SUBSCRIPTIONS": 5}
-if CASE == "anchor":
+if CASE.startswith("anchor"):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
