@@ -98,6 +98,15 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=[name for name in BACKEND_URLS if name != "redis"])
+def history_backend_name(request: pytest.FixtureRequest) -> str:
+    """The backends that keep history (redis:// pub/sub keeps none)."""
+    name: str = request.param
+    if name != "memory":
+        require_broker("redis", REDIS_URL)
+    return name
+
+
 @pytest.fixture
 async def bc(backend_name: str) -> AsyncIterator[Broadcast]:
     """The default alias on each backend in turn."""

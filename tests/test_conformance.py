@@ -241,10 +241,8 @@ async def test_history_and_resume(bc: Broadcast, channel: str) -> None:
     assert resumed == [8, 9, 10]
 
 
-async def test_resume_beyond_history_gets_a_gap(backend_name: str, channel: str) -> None:
-    if backend_name == "redis":
-        pytest.skip("pub/sub keeps no history (see test_history_and_resume)")
-    with using(alias_settings(backend_name, OPTIONS={"history": 5})) as bc:
+async def test_resume_beyond_history_gets_a_gap(history_backend_name: str, channel: str) -> None:
+    with using(alias_settings(history_backend_name, OPTIONS={"history": 5})) as bc:
         first = bc.publish(channel, 0)
         assert first is not None
         for n in range(1, 200):
@@ -259,13 +257,12 @@ async def test_resume_beyond_history_gets_a_gap(backend_name: str, channel: str)
     assert rest == [e.data for e in events[1:]] and rest[-1] == 199
 
 
-async def test_malformed_since_is_refused(bc: Broadcast, channel: str) -> None:
-    if not bc.backend.supports_history:
-        pytest.skip("ids of a backend without history are not checked")
-    with pytest.raises(ValueError, match="not"):
-        bc.subscribe(channel, since="yesterday")
-    with pytest.raises(ValueError):
-        bc.history(channel, since="yesterday")
+async def test_malformed_since_is_refused(history_backend_name: str, channel: str) -> None:
+    with using(alias_settings(history_backend_name)) as bc:
+        with pytest.raises(ValueError, match="not"):
+            bc.subscribe(channel, since="yesterday")
+        with pytest.raises(ValueError):
+            bc.history(channel, since="yesterday")
 
 
 @pytest.mark.parametrize(

@@ -117,11 +117,11 @@ async def test_keep_alive_comments(bc: Broadcast, channel: str) -> None:
         await stream.close()
 
 
-async def test_multi_channel_resume_from_last_event_id(backend_name: str, channel: str) -> None:
-    if backend_name == "redis":
-        pytest.skip("pub/sub keeps no history")
+async def test_multi_channel_resume_from_last_event_id(
+    history_backend_name: str, channel: str
+) -> None:
     a, b = f"{channel}-a", f"{channel}-b"
-    with using(alias_settings(backend_name)) as bc:
+    with using(alias_settings(history_backend_name)) as bc:
         stream = Stream(f"channel={a}&channel={b}")
         await stream.start()
         await bc.apublish(a, "a0")
