@@ -19,6 +19,19 @@ def streams_url(url: str = REDIS_URL) -> str:
     return f"{scheme}+streams://{rest}"
 
 
+def delete_keys(prefix: str) -> None:
+    """Delete every Redis key a run wrote (each run writes under its own prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def setup_django() -> None:
     """Configure a minimal Django for a benchmark process, unless one is configured
     (as under pytest); scripts then set ``BROADCAST`` with ``override_settings``."""

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import websockets
 
-from ._common import REDIS_URL, Table, machine, verdict
+from ._common import REDIS_URL, Table, delete_keys, machine, verdict
 from .e2e import CASES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,20 +250,8 @@ def run(clients: int, rates: list[float], seconds: float) -> Table:
         "layers alone (diagnostic cases): BroadcastChannelLayer / channels_redis pubsub",
         "", "", "", "", "", f"{best['layer-nodb'] / theirs:,.1f}x" if theirs else "-",
     )  # fmt: skip
-    _cleanup(prefix)
+    delete_keys(prefix)
     return table
-
-
-def _cleanup(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from ._common import REDIS_URL, Table, machine, setup_django, streams_url, verdict
+from ._common import REDIS_URL, Table, delete_keys, machine, setup_django, streams_url, verdict
 
 #: What encode/broadcaster is measured with (it receives nothing on redis-py 8).
 BROADCASTER_REQUIREMENTS = ["broadcaster==0.3.1", "redis==5.2.1"]
@@ -227,7 +227,7 @@ def run(sizes: list[int], events: int, rounds: int) -> Table:
                         break
                     rates.append(n * events / elapsed)
                 results[label, n] = statistics.median(rates) if len(rates) == rounds else None
-    _cleanup(prefix)
+    delete_keys(prefix)
     return _table(results, failures, sizes, events, rounds)
 
 
@@ -266,16 +266,6 @@ def _table(
 
 def _rate(rate: float | None, failure: str | None) -> str:
     return f"failed ({failure})" if rate is None else f"{rate:,.0f}"
-
-
-def _cleanup(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def main() -> None:

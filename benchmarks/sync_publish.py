@@ -17,6 +17,7 @@ from collections.abc import Callable
 from ._common import (
     REDIS_URL,
     Table,
+    delete_keys,
     interleaved_rates,
     machine,
     setup_django,
@@ -116,10 +117,8 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
         table.add(
             "target: redis:// >= 20x channels_redis", "", "", "", verdict(ours >= 20 * anchor)
         )
-    keys = list(raw.scan_iter(match=f"{prefix}*"))
-    if keys:
-        raw.delete(*keys)
     raw.close()
+    delete_keys(prefix)
     return table
 
 
