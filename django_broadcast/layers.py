@@ -38,6 +38,12 @@ and existing Channels code keeps working, sharing its events with the rest of th
   ``broadcast.subscribe()`` subscribers see the tagged form.
 - Gap notices of the hub (``broadcast.gap``) are not delivered to consumers, which
   would have no handler for them; they are logged.
+- **Outages end nothing for good.** When the broker stays away for longer than the
+  alias's ``RECONNECT_TIMEOUT``, the layer logs it and subscribes again, with backoff,
+  for as long as the group has members here; what was published meanwhile is lost.
+- ``receive()`` takes a plain name or a channel made by this layer's
+  ``new_channel()``; another process's channel is an ``AssertionError``, as in
+  channels_redis.
 - Messages expire after ``expiry`` seconds (default 60) unreceived.
 """
 
@@ -49,6 +55,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import random
 import threading
 import time
 import uuid
@@ -63,7 +70,7 @@ from channels.layers import BaseChannelLayer
 
 from .broadcast import Broadcast
 from .events import GAP, Event
-from .exceptions import SubscriptionClosed
+from .exceptions import BroadcastUnavailable, SubscriptionClosed
 from .handler import broadcasts
 from .hub import Subscription
 
@@ -75,6 +82,11 @@ logger = logging.getLogger(__name__)
 SEND_TYPE = "channels.send"
 _BYTES = "__bytes__"
 _CHANNEL_PREFIX = "layer.channel."
+#: Backoff, in seconds, between attempts to subscribe again after the broker stayed away.
+_RESUBSCRIBE_FIRST = 0.5
+_RESUBSCRIBE_MAX = 30.0
+#: Seconds between two sweeps of the expired messages of channels nobody reads.
+_SWEEP_INTERVAL = 1.0
 
 
 def encode_bytes(value: Any) -> Any:
@@ -120,6 +132,15 @@ class _Inbox:
         self.messages: deque[tuple[float, dict[str, Any]]] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def idle(self) -> bool:
+        """No message queued and no receiver waiting: nothing to keep it for."""
+        return not self.messages and all(waiter.done() for waiter in self.waiters)
+
+    def wake_all(self) -> None:
+        while self.waiters:
+            self.wake_one()
+
     def wake_one(self) -> None:
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -147,22 +168,28 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 @dataclass
 class _Reader:
-    """One broadcast subscription of the layer and the task that routes its events."""
+    """One broadcast subscription of the layer and the task that routes its events.
+
+    The task replaces ``subscription`` when it subscribes again after the broker
+    stayed away; :meth:`stop` closes whichever is current.
+    """
 
     subscription: Subscription
-    task: asyncio.Task[None]
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    task: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
-        return not self.task.done() and not self.loop.is_closed()
+        return self.task is not None and not self.task.done() and not self.loop.is_closed()
 
     async def stop(self) -> None:
-        if self.loop is _running_loop():
+        if self.task is None:
+            await self.subscription.aclose()
+        elif self.loop is _running_loop():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-            await self.subscription.aclose()
+            await self.subscription.aclose()  # the task may not have started
         elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.task.cancel)
 
@@ -194,8 +221,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self.group_expiry = group_expiry
         #: The part before ``!`` of this layer's process-specific channels.
         self.client_prefix = uuid.uuid4().hex
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _inboxes and the queues in it
         self._inboxes: dict[str, _Inbox] = {}
+        self._next_sweep = 0.0
         self._groups: dict[str, dict[str, float]] = {}
         self._my_inboxes: set[str] = set()  # broadcast channels of our specific channels
         self._readers: dict[str, _Reader] = {}  # broadcast channel -> reader
@@ -237,51 +265,85 @@ class BroadcastChannelLayer(BaseChannelLayer):
         await self.broadcast.apublish(self._broker_channel(channel), data, type=SEND_TYPE)
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        """Wait for the next message on ``channel``; each goes to one receiver."""
+        """Wait for the next message on ``channel``; each goes to one receiver.
+
+        ``channel`` is a plain name or one made by this layer's :meth:`new_channel`:
+        another process's channel raises ``AssertionError``, as in channels_redis.
+        """
         self.require_valid_channel_name(channel)
-        if "!" not in channel:
-            await self._ensure_reader(self._broker_channel(channel), self._route_inbox)
-        elif channel.split("!", 1)[0] in self._my_inboxes:
-            await self._ensure_reader(channel.split("!", 1)[0], self._route_inbox)
-        inbox = self._inbox(channel)
+        if "!" in channel:
+            reader = channel.split("!", 1)[0]
+            assert reader in self._my_inboxes, f"{channel!r} is not a channel of this layer"
+        else:
+            reader = self._broker_channel(channel)
+        self._sweep()
         loop = asyncio.get_running_loop()
         while True:
-            now = time.time()
-            while inbox.messages:
-                expires, message = inbox.messages.popleft()
-                if expires >= now:
+            await self._ensure_reader(reader, self._route_inbox)  # again after a flush
+            with self._lock:
+                inbox = self._inbox(channel)
+                message = self._take(channel, inbox)
+                if message is not None:
                     return message
-                self._expired(channel)
-            waiter = loop.create_future()
-            inbox.waiters.append(waiter)
+                waiter = loop.create_future()
+                inbox.waiters.append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and inbox.messages:
-                    inbox.wake_one()  # pass the wake-up on to another receiver
+                with self._lock:
+                    if waiter.done() and not waiter.cancelled() and inbox.messages:
+                        inbox.wake_one()  # pass the wake-up on to another receiver
+                    self._forget_if_idle(channel, inbox)
                 raise
 
+    # _inbox, _take and _forget_if_idle are called with self._lock held.
+
     def _inbox(self, channel: str) -> _Inbox:
+        inbox = self._inboxes.get(channel)
+        if inbox is None:
+            inbox = self._inboxes[channel] = _Inbox(self.get_capacity(channel))
+        return inbox
+
+    def _take(self, channel: str, inbox: _Inbox) -> dict[str, Any] | None:
+        now = time.time()
+        while inbox.messages:
+            expires, message = inbox.messages.popleft()
+            if expires >= now:
+                self._forget_if_idle(channel, inbox)
+                return message
+            self._expired(channel)
+        return None
+
+    def _forget_if_idle(self, channel: str, inbox: _Inbox) -> None:
+        if inbox.idle and self._inboxes.get(channel) is inbox:
+            del self._inboxes[channel]
+
+    def _sweep(self) -> None:
+        """Drop the expired messages of every channel, read or not, once a second."""
+        now = time.time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_INTERVAL
         with self._lock:
-            inbox = self._inboxes.get(channel)
-            if inbox is None:
-                inbox = self._inboxes[channel] = _Inbox(self.get_capacity(channel))
-            return inbox
+            for channel, inbox in list(self._inboxes.items()):
+                while inbox.messages and inbox.messages[0][0] < now:
+                    inbox.messages.popleft()
+                    self._expired(channel)
+                self._forget_if_idle(channel, inbox)
 
     def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> None:
-        inbox = self._inbox(channel)
-        if len(inbox.messages) >= inbox.capacity:
-            if strict:
-                raise ChannelFull(channel)
-            logger.warning(
-                "channel %r is full (capacity %d): message dropped", channel, inbox.capacity
-            )
-            return
-        inbox.messages.append((expires, message))
-        inbox.wake_one()
+        with self._lock:
+            inbox = self._inbox(channel)
+            if len(inbox.messages) < inbox.capacity:
+                inbox.messages.append((expires, message))
+                inbox.wake_one()
+                return
+        if strict:
+            raise ChannelFull(channel)
+        logger.warning("channel %r is full (capacity %d): message dropped", channel, inbox.capacity)
 
     def _expired(self, channel: str) -> None:
-        for members in self._groups.values():
+        for members in list(self._groups.values()):
             members.pop(channel, None)
 
     @staticmethod
@@ -341,25 +403,47 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 return
             subscription = self.broadcast.subscribe(name)
             await subscription.__aenter__()
-            task = loop.create_task(self._read(subscription, route))
-            self._readers[name] = _Reader(subscription, task, loop)
+            reader = self._readers[name] = _Reader(subscription, loop)
+            reader.task = loop.create_task(self._read(name, reader, route))
 
-    async def _read(self, subscription: Subscription, route: Callable[[Event], None]) -> None:
-        try:
-            async for event in subscription:
-                if event.type == GAP:
-                    logger.warning(
-                        "channel layer missed events on %r: %s", event.channel, event.data
-                    )
-                    continue
-                try:
-                    route(event)
-                except Exception:
-                    logger.exception("could not route an event of %r", event.channel)
-        except SubscriptionClosed as exc:
-            logger.error("channel layer subscription of %r ended: %s", subscription.channels, exc)
-        finally:
-            await subscription.aclose()
+    async def _read(self, name: str, reader: _Reader, route: Callable[[Event], None]) -> None:
+        """Route the events of ``name`` until stopped or the alias is closed.
+
+        A subscription that ends because the broker stayed away for longer than the
+        alias's ``RECONNECT_TIMEOUT`` is made anew, with backoff, for as long as this
+        reader is wanted: consumers in a group never stop receiving for good.
+        """
+        while True:
+            subscription = reader.subscription
+            try:
+                async for event in subscription:
+                    if event.type == GAP:
+                        logger.warning("channel layer missed events on %r: %s", name, event.data)
+                        continue
+                    try:
+                        route(event)
+                    except Exception:
+                        logger.exception("could not route an event of %r", name)
+                return  # closed: the alias was closed
+            except SubscriptionClosed as exc:
+                logger.error("channel layer subscription of %r ended: %s", name, exc)
+            finally:
+                await subscription.aclose()
+            reader.subscription = await self._subscribe_again(name)
+            logger.warning("channel layer subscribed to %r again; events may be lost", name)
+
+    async def _subscribe_again(self, name: str) -> Subscription:
+        delay = _RESUBSCRIBE_FIRST
+        while True:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            subscription = self.broadcast.subscribe(name)
+            try:
+                await subscription.__aenter__()
+            except (BroadcastUnavailable, SubscriptionClosed) as exc:
+                logger.debug("subscribing to %r again failed: %s", name, exc)
+                delay = min(delay * 2, _RESUBSCRIBE_MAX)
+            else:
+                return subscription
 
     def _route_group(self, event: Event) -> None:
         for member in list(self._groups.get(event.channel, ())):
@@ -390,7 +474,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         readers, self._readers = self._readers, {}
         self._groups = {}
         with self._lock:
-            self._inboxes = {}
+            inboxes, self._inboxes = self._inboxes, {}
+            for inbox in inboxes.values():
+                inbox.wake_all()  # waiting receivers start over on the emptied layer
         await _gather(reader.stop() for reader in readers.values())
 
     async def close(self) -> None:

@@ -7,12 +7,16 @@ layer tests, plus what only the bridge does: groups are broadcast channels.
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
+import random
+import re
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ClassVar, TypeVar
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
@@ -23,7 +27,10 @@ from django_broadcast import Broadcast
 from django_broadcast import layers as layers_module
 from django_broadcast.layers import BroadcastChannelLayer
 
+from .conftest import PrivateRedis, using
+
 TIMEOUT = 5
+T = TypeVar("T")
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,11 +51,46 @@ async def receive(layer: BroadcastChannelLayer, channel: str) -> dict[str, Any]:
     return await asyncio.wait_for(layer.receive(channel), TIMEOUT)
 
 
+async def waiting_receive(
+    layer: BroadcastChannelLayer, channel: str
+) -> asyncio.Task[dict[str, Any]]:
+    """A receive of ``channel`` that is already waiting; await it with ``wait_for``."""
+    task = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0)  # it runs up to its wait: this layer's inbox is subscribed
+    return task
+
+
 async def nothing_arrives(layer: BroadcastChannelLayer, channel: str) -> bool:
     """True when nothing is waiting on ``channel`` once every delivery in flight is done:
     a marker sent after the fact must be the next thing received."""
     await layer.send(channel, {"type": "marker"})
     return (await receive(layer, channel))["type"] == "marker"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait, at most TIMEOUT seconds, until ``condition()`` holds."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), TIMEOUT)
+
+
+async def subscribed(bc: Broadcast, broker_channel: str) -> None:
+    """Wait until this event loop holds a confirmed subscription to ``broker_channel``."""
+    await until(lambda: broker_channel in bc._hub().channels)
+
+
+async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Wait until a log record says ``text``."""
+    await until(lambda: any(text in record.getMessage() for record in caplog.records))
+
+
+async def in_new_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on an event loop of its own, in another thread (as
+    ``async_to_sync`` does from sync code)."""
+    return await asyncio.to_thread(asyncio.run, coroutine)
 
 
 # Channels' own layer tests --------------------------------------------------------
@@ -58,6 +100,26 @@ async def test_send_receive(layer: BroadcastChannelLayer) -> None:
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "test.message", "text": "Ahoy-hoy!"})
     assert await receive(layer, channel) == {"type": "test.message", "text": "Ahoy-hoy!"}
+
+
+async def test_a_channel_is_forgotten_once_emptied(layer: BroadcastChannelLayer) -> None:
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "m", "n": 1})
+    await layer.send(channel, {"type": "m", "n": 2})
+    await receive(layer, channel)
+    assert channel in layer._inboxes  # not empty yet
+    await receive(layer, channel)
+    assert channel not in layer._inboxes
+
+
+async def test_a_cancelled_receive_leaves_nothing_behind(layer: BroadcastChannelLayer) -> None:
+    channel = await layer.new_channel()
+    waiting = await waiting_receive(layer, channel)
+    assert channel in layer._inboxes
+    waiting.cancel()  # as when a consumer disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert channel not in layer._inboxes
 
 
 async def test_send_capacity(layer: BroadcastChannelLayer) -> None:
@@ -120,6 +182,20 @@ async def test_group_send_with_no_members(layer: BroadcastChannelLayer, group: s
     await layer.group_send(group, {"type": "message.1"})
 
 
+async def test_a_plain_channel_in_a_group_gets_its_messages(bc: Broadcast, group: str) -> None:
+    worker, web = BroadcastChannelLayer(), BroadcastChannelLayer()
+    name = f"test-gr-chan-{uuid.uuid4().hex[:8]}"
+    try:
+        waiting = asyncio.create_task(receive(worker, name))
+        await subscribed(bc, worker._broker_channel(name))
+        await web.group_add(group, name)
+        await web.group_send(group, {"type": "message.1"})
+        assert (await waiting)["type"] == "message.1"
+    finally:
+        await worker.flush()
+        await web.flush()
+
+
 async def test_expired_messages_are_dropped(
     layer: BroadcastChannelLayer, group: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,6 +211,18 @@ async def test_expired_messages_are_dropped(
     assert channel not in layer._groups.get(group, {})
 
 
+async def test_expired_messages_of_channels_nobody_reads_are_dropped(
+    layer: BroadcastChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unread, read = await layer.new_channel(), await layer.new_channel()
+    await layer.send(unread, {"type": "never.read"})
+    now = layers_module.time.time()
+    monkeypatch.setattr(layers_module.time, "time", lambda: now + layer.expiry + 1)
+    await layer.send(read, {"type": "m"})
+    assert (await receive(layer, read))["type"] == "m"
+    assert layer._inboxes == {}  # the unread channel is forgotten too
+
+
 async def test_flush_empties_channels_and_groups(layer: BroadcastChannelLayer, group: str) -> None:
     channel = await layer.new_channel()
     await layer.group_add(group, channel)
@@ -146,6 +234,16 @@ async def test_flush_empties_channels_and_groups(layer: BroadcastChannelLayer, g
     assert layer.broadcast._hub().channels == {channel.split("!")[0]}
 
 
+async def test_a_receiver_waiting_across_a_flush_gets_later_messages(
+    layer: BroadcastChannelLayer,
+) -> None:
+    channel = await layer.new_channel()
+    waiting = await waiting_receive(layer, channel)
+    await layer.flush()
+    await layer.send(channel, {"type": "after.flush"})
+    assert (await asyncio.wait_for(waiting, TIMEOUT))["type"] == "after.flush"
+
+
 async def test_invalid_names_are_refused(layer: BroadcastChannelLayer) -> None:
     with pytest.raises(TypeError):
         await layer.send("bad channel", {"type": "x"})
@@ -153,6 +251,29 @@ async def test_invalid_names_are_refused(layer: BroadcastChannelLayer) -> None:
         await layer.group_add("bad group!", await layer.new_channel())
     with pytest.raises(TypeError):
         await layer.group_send("x" * 101, {"type": "x"})
+
+
+@pytest.mark.parametrize(
+    "name", ["\u00af\\_(\u30c4)_/\u00af", "chat" * 25], ids=["ascii", "length"]
+)
+async def test_every_method_refuses_invalid_names(layer: BroadcastChannelLayer, name: str) -> None:
+    valid = await layer.new_channel()
+    channel_error = re.escape(layer.invalid_name_error.format("Channel"))
+    group_error = re.escape(layer.invalid_name_error.format("Group"))
+    with pytest.raises(TypeError, match=channel_error):
+        await layer.send(name, {"type": "x"})
+    with pytest.raises(TypeError, match=channel_error):
+        await receive(layer, name)
+    with pytest.raises(TypeError, match=group_error):
+        await layer.group_add(name, valid)
+    with pytest.raises(TypeError, match=channel_error):
+        await layer.group_add("valid-group", name)
+    with pytest.raises(TypeError, match=group_error):
+        await layer.group_discard(name, valid)
+    with pytest.raises(TypeError, match=channel_error):
+        await layer.group_discard("valid-group", name)
+    with pytest.raises(TypeError, match=group_error):
+        await layer.group_send(name, {"type": "x"})
 
 
 # channels_redis's core and pub/sub layer tests ------------------------------------
@@ -177,20 +298,238 @@ async def test_layers_as_separate_processes(bc: Broadcast, group: str) -> None:
         await second.flush()
 
 
+async def test_receiving_on_another_processs_channel_is_refused(
+    layer: BroadcastChannelLayer,
+) -> None:
+    with pytest.raises(AssertionError):
+        await receive(layer, "not-client-prefix!local_part")
+
+
+async def test_channels_with_different_prefixes_are_each_served(bc: Broadcast, group: str) -> None:
+    first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
+    try:
+        channels = [await first.new_channel(prefix=f"test-gr-chan-{n}.") for n in range(3)]
+        for channel in channels:
+            await first.group_add(group, channel)
+        await second.group_send(group, {"type": "message.1"})
+        for channel in channels:
+            await second.send(channel, {"type": "direct"})
+        for channel in channels:  # a group and an inbox: two routes, so no order between
+            got = {(await receive(first, channel))["type"] for _ in range(2)}
+            assert got == {"message.1", "direct"}
+    finally:
+        await first.flush()
+        await second.flush()
+
+
+async def test_a_group_send_reaches_a_hundred_members(
+    layer: BroadcastChannelLayer, group: str
+) -> None:
+    channels = [await layer.new_channel() for _ in range(100)]
+    for channel in channels:
+        await layer.group_add(group, channel)
+    await asyncio.wait_for(layer.group_send(group, {"type": "message.1"}), TIMEOUT)
+    assert [(await receive(layer, channel))["type"] for channel in channels] == ["message.1"] * 100
+
+
+async def test_group_messages_past_capacity_are_dropped_and_logged(
+    bc: Broadcast, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = BroadcastChannelLayer(capacity=3, channel_capacity={"witness.*": 10})
+    try:
+        member, witness = await layer.new_channel(), await layer.new_channel("witness.")
+        await layer.group_add(group, member)
+        await layer.group_add(group, witness)
+        for n in range(4):
+            await layer.group_send(group, {"type": "message", "n": n})
+        # The witness has all four: each was routed to the member as well.
+        assert [(await receive(layer, witness))["n"] for _ in range(4)] == [0, 1, 2, 3]
+        assert [(await receive(layer, member))["n"] for _ in range(3)] == [0, 1, 2]
+        assert await nothing_arrives(layer, member)
+        assert f"channel {member!r} is full" in caplog.text
+    finally:
+        await layer.flush()
+
+
+async def test_messages_from_another_process_past_capacity_are_dropped(bc: Broadcast) -> None:
+    receiver, sender = BroadcastChannelLayer(capacity=3), BroadcastChannelLayer()
+    try:
+        full, witness = await receiver.new_channel(), await receiver.new_channel()
+        for n in range(4):
+            await sender.send(full, {"type": "m", "n": n})
+        await sender.send(witness, {"type": "witness"})
+        # One inbox subscription carries both, in order: all four are routed now.
+        assert (await receive(receiver, witness))["type"] == "witness"
+        assert [(await receive(receiver, full))["n"] for _ in range(3)] == [0, 1, 2]
+        assert await nothing_arrives(receiver, full)
+    finally:
+        await receiver.flush()
+        await sender.flush()
+
+
+async def test_group_messages_expire_unreceived(
+    layer: BroadcastChannelLayer, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    member, witness = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add(group, member)
+    await layer.group_add(group, witness)
+    await layer.group_send(group, {"type": "old"})
+    assert (await receive(layer, witness))["type"] == "old"  # routed to the member too
+    now = layers_module.time.time()
+    monkeypatch.setattr(layers_module.time, "time", lambda: now + layer.expiry + 1)
+    assert await nothing_arrives(layer, member)
+
+
+async def test_each_event_loop_can_send_and_receive(bc: Broadcast) -> None:
+    layer = BroadcastChannelLayer()
+    try:
+        one = await in_new_loop(layer.new_channel())
+        two = await in_new_loop(layer.new_channel())
+        await in_new_loop(layer.send(one, {"type": "test.message.1"}))
+        await in_new_loop(layer.send(two, {"type": "test.message.2"}))
+        assert (await in_new_loop(receive(layer, two)))["type"] == "test.message.2"
+        assert (await in_new_loop(receive(layer, one)))["type"] == "test.message.1"
+    finally:
+        await layer.flush()
+
+
+async def test_sends_from_sync_code_reach_a_waiting_receiver_in_order(
+    layer: BroadcastChannelLayer,
+) -> None:
+    channel = await layer.new_channel()
+    waiting = await waiting_receive(layer, channel)
+
+    def view() -> None:
+        for n in range(3):
+            async_to_sync(layer.send, force_new_loop=True)(channel, {"type": "m", "n": n})
+
+    await asyncio.to_thread(view)
+    assert (await asyncio.wait_for(waiting, TIMEOUT))["n"] == 0
+    assert [(await receive(layer, channel))["n"] for _ in range(2)] == [1, 2]
+
+
+async def test_repeated_group_sends_from_sync_code_arrive(
+    layer: BroadcastChannelLayer, group: str
+) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+
+    def view() -> None:
+        for n in range(2):
+            async_to_sync(layer.group_send)(group, {"type": "m", "n": n})
+
+    await asyncio.to_thread(view)
+    assert [(await receive(layer, channel))["n"] for _ in range(2)] == [0, 1]
+
+
+async def test_a_layer_used_from_sync_code_leaves_no_task_pending(
+    bc: Broadcast, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = BroadcastChannelLayer()
+
+    async def use() -> None:
+        await layer.group_add(group, await layer.new_channel())
+        await layer.send("test-channel", {"type": "test.message"})
+
+    try:
+        await asyncio.to_thread(async_to_sync(use))
+        gc.collect()
+        assert "Task was destroyed but it is pending" not in caplog.text
+    finally:
+        await layer.flush()
+
+
+async def test_channel_names_do_not_repeat_after_a_random_reset(
+    layer: BroadcastChannelLayer,
+) -> None:
+    state = random.getstate()
+    try:
+        random.seed(1)
+        one = await layer.new_channel()
+        random.seed(1)
+        assert await layer.new_channel() != one
+    finally:
+        random.setstate(state)
+
+
+def test_client_prefixes_do_not_repeat_after_a_random_reset() -> None:
+    state = random.getstate()
+    try:
+        random.seed(1)
+        first = BroadcastChannelLayer()
+        random.seed(1)
+        assert BroadcastChannelLayer().client_prefix != first.client_prefix
+    finally:
+        random.setstate(state)
+
+
+async def test_group_discard_before_group_add_does_nothing(
+    layer: BroadcastChannelLayer, group: str
+) -> None:
+    await layer.group_discard(group, await layer.new_channel())
+    assert group not in layer.broadcast._hub().channels
+
+
+@pytest.mark.parametrize("streams", [False, True], ids=["redis", "redis+streams"])
+async def test_group_members_keep_receiving_after_a_broker_restart(
+    private_redis: PrivateRedis, group: str, streams: bool
+) -> None:
+    url = private_redis.url.replace("redis://", "redis+streams://", 1) if streams else None
+    with using({"URL": url or private_redis.url, "TIMEOUT": 2}) as bc:
+        member, sender = BroadcastChannelLayer(), BroadcastChannelLayer()
+        try:
+            channel = await member.new_channel()
+            await member.group_add(group, channel)
+            async with bc.subscribe(group) as watcher:
+                private_redis.kill()
+                private_redis.start()
+                if not streams:
+                    # Pub/sub loses what is published before the subscription is
+                    # renewed; the gap notice says it has been.
+                    assert (await watcher.get(timeout=TIMEOUT)).is_gap
+                await sender.group_send(group, {"type": "after.restart"})
+            assert (await receive(member, channel))["type"] == "after.restart"
+        finally:
+            await member.flush()
+            await sender.flush()
+            await bc.aclose()
+
+
+@pytest.mark.parametrize("streams", [False, True], ids=["redis", "redis+streams"])
+async def test_group_members_receive_again_after_the_broker_stayed_away(
+    private_redis: PrivateRedis, group: str, streams: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = private_redis.url.replace("redis://", "redis+streams://", 1) if streams else None
+    entry = {"URL": url or private_redis.url, "TIMEOUT": 1, "RECONNECT_TIMEOUT": 0.3}
+    with using(entry) as bc, caplog.at_level("WARNING", logger="django_broadcast.layers"):
+        member, sender = BroadcastChannelLayer(), BroadcastChannelLayer()
+        try:
+            channel = await member.new_channel()
+            await member.group_add(group, channel)
+            private_redis.kill()
+            await logged(caplog, f"subscription of {group!r} ended")
+            private_redis.start()
+            await logged(caplog, f"subscribed to {group!r} again")
+            await sender.group_send(group, {"type": "after.outage"})
+            assert (await receive(member, channel))["type"] == "after.outage"
+        finally:
+            await member.flush()
+            await sender.flush()
+            await bc.aclose()
+
+
 async def test_concurrent_receivers_each_get_one_message(layer: BroadcastChannelLayer) -> None:
     channel = await layer.new_channel()
-    receivers = [asyncio.create_task(receive(layer, channel)) for _ in range(2)]
-    await asyncio.sleep(0)  # both are waiting now
+    receivers = [await waiting_receive(layer, channel) for _ in range(2)]
     await layer.send(channel, {"type": "m", "n": 1})
     await layer.send(channel, {"type": "m", "n": 2})
-    got = await asyncio.gather(*receivers)
+    got = await asyncio.wait_for(asyncio.gather(*receivers), TIMEOUT)
     assert sorted(message["n"] for message in got) == [1, 2]
 
 
 async def test_a_cancelled_receive_loses_nothing(layer: BroadcastChannelLayer) -> None:
     channel = await layer.new_channel()
-    cancelled = asyncio.create_task(layer.receive(channel))
-    await asyncio.sleep(0)
+    cancelled = await waiting_receive(layer, channel)
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
@@ -202,12 +541,11 @@ async def test_a_message_woken_for_a_cancelled_receiver_goes_to_the_next(
     layer: BroadcastChannelLayer,
 ) -> None:
     channel = await layer.new_channel()
-    first = asyncio.create_task(layer.receive(channel))
-    second = asyncio.create_task(receive(layer, channel))
-    await asyncio.sleep(0)
+    first = await waiting_receive(layer, channel)
+    second = await waiting_receive(layer, channel)
     await layer.send(channel, {"type": "m"})  # wakes the first...
     first.cancel()  # ...which is cancelled before it runs
-    assert (await second)["type"] == "m"
+    assert (await asyncio.wait_for(second, TIMEOUT))["type"] == "m"
 
 
 async def test_each_member_gets_its_own_copy(layer: BroadcastChannelLayer, group: str) -> None:
@@ -241,8 +579,7 @@ async def test_plain_channels_reach_the_processes_receiving_them(
     name = f"thumbnails-{uuid.uuid4().hex[:8]}"
     try:
         waiting = asyncio.create_task(receive(worker, name))
-        while not bc._hub().channels:  # the worker's subscription is confirmed
-            await asyncio.sleep(0.01)
+        await subscribed(bc, worker._broker_channel(name))
         await web.send(name, {"type": "thumbnail.make", "id": 7})
         assert (await waiting)["id"] == 7
     finally:
@@ -261,6 +598,102 @@ async def test_many_consumers_one_broker_subscription(
     for channel in channels:
         await layer.group_discard(group, channel)
     assert layer.broadcast._hub().channels == {channels[0].split("!")[0]}
+
+
+# Channels' layer specification ----------------------------------------------------
+
+
+def test_the_layer_declares_its_extensions_and_group_expiry() -> None:
+    layer = BroadcastChannelLayer(group_expiry=3600)
+    assert set(layer.extensions) == {"groups", "flush"}
+    assert layer.group_expiry == 3600
+    assert BroadcastChannelLayer().group_expiry == 86400
+
+
+def test_the_layer_methods_are_coroutine_functions() -> None:
+    layer = BroadcastChannelLayer()
+    methods = ["send", "receive", "new_channel", "group_add", "group_discard", "group_send"]
+    for name in [*methods, "flush", "close"]:
+        assert inspect.iscoroutinefunction(getattr(layer, name)), name
+
+
+async def test_adding_a_channel_twice_delivers_once(
+    layer: BroadcastChannelLayer, group: str
+) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    await layer.group_add(group, channel)
+    await layer.group_send(group, {"type": "once"})
+    assert (await receive(layer, channel))["type"] == "once"
+    assert await nothing_arrives(layer, channel)
+
+
+async def test_a_megabyte_message_travels_between_processes(bc: Broadcast, group: str) -> None:
+    first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
+    text = "x" * 1_000_000  # 1 MB encoded as JSON: the size every layer must carry
+    try:
+        channel = await first.new_channel()
+        await first.group_add(group, channel)
+        await second.send(channel, {"type": "big", "text": text})
+        assert (await receive(first, channel))["text"] == text
+        await second.group_send(group, {"type": "big", "text": text})
+        assert (await receive(first, channel))["text"] == text
+    finally:
+        await first.flush()
+        await second.flush()
+
+
+async def test_names_of_99_characters_travel_between_processes(bc: Broadcast) -> None:
+    first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
+    group = f"g-{uuid.uuid4().hex}".ljust(99, "x")
+    try:
+        channel = await first.new_channel(prefix="p" * 54)
+        assert len(channel) == len(group) == 99
+        await first.group_add(group, channel)
+        await second.group_send(group, {"type": "long.group"})
+        assert (await receive(first, channel))["type"] == "long.group"
+        await second.send(channel, {"type": "long.channel"})
+        assert (await receive(first, channel))["type"] == "long.channel"
+    finally:
+        await first.flush()
+        await second.flush()
+
+
+async def test_every_type_the_spec_allows_survives_the_trip(bc: Broadcast) -> None:
+    first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
+    values = {
+        "bytes": b"\x00\xff",
+        "text": "Ahoy-hoy! \u2713",
+        "int": 2**63 - 1,
+        "negative": -(2**63),
+        "float": 1.5e308,
+        "list": [1, "two", None],
+        "dict": {"nested": {"ok": True}},
+        "bool": False,
+        "none": None,
+    }
+    try:
+        channel = await first.new_channel()
+        await second.send(channel, {"type": "typed", **values, "tuple": (1, 2)})
+        assert await receive(first, channel) == {"type": "typed", **values, "tuple": [1, 2]}
+    finally:
+        await first.flush()
+        await second.flush()
+
+
+async def test_a_flush_leaves_the_groups_of_other_processes(bc: Broadcast, group: str) -> None:
+    first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
+    try:
+        one, two = await first.new_channel(), await second.new_channel()
+        await first.group_add(group, one)
+        await second.group_add(group, two)
+        await first.flush()  # memberships are local to the process: only its own end
+        await first.group_send(group, {"type": "after.flush"})
+        assert (await receive(second, two))["type"] == "after.flush"
+        assert await nothing_arrives(first, one)
+    finally:
+        await first.flush()
+        await second.flush()
 
 
 # The bridge -----------------------------------------------------------------------
