@@ -112,6 +112,19 @@ def decode_bytes(value: Any) -> Any:
     return value
 
 
+_ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def fresh_copy(value: Any) -> Any:
+    """A copy of every dict and list in ``value`` (as :func:`decode_bytes` returns
+    them), sharing only immutable leaves: cheaper than decoding again per receiver."""
+    if type(value) is dict:
+        return {k: v if type(v) in _ATOMS else fresh_copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [v if type(v) in _ATOMS else fresh_copy(v) for v in value]
+    return value
+
+
 def member_message(event: Event) -> dict[str, Any]:
     """The channel-layer message a group member receives for ``event`` (a new dict)."""
     data = decode_bytes(event.data)
@@ -135,7 +148,9 @@ class _Inbox:
     @property
     def idle(self) -> bool:
         """No message queued and no receiver waiting: nothing to keep it for."""
-        return not self.messages and all(waiter.done() for waiter in self.waiters)
+        if self.messages:
+            return False
+        return all(waiter.done() for waiter in self.waiters) if self.waiters else True
 
     def wake_all(self) -> None:
         while self.waiters:
@@ -279,7 +294,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._sweep()
         loop = asyncio.get_running_loop()
         while True:
-            await self._ensure_reader(reader, self._route_inbox)  # again after a flush
+            current = self._readers.get(reader)
+            if current is None or not current.alive:  # at first, and after a flush
+                await self._ensure_reader(reader, self._route_inbox)
             with self._lock:
                 inbox = self._inbox(channel)
                 message = self._take(channel, inbox)
@@ -446,10 +463,15 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 return subscription
 
     def _route_group(self, event: Event) -> None:
-        for member in list(self._groups.get(event.channel, ())):
-            message = member_message(event)
+        members = list(self._groups.get(event.channel, ()))
+        if not members:
+            return
+        template = member_message(event)
+        expires = time.time() + self.expiry
+        for member in members:
+            message = fresh_copy(template)
             if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
-                self._put(member, time.time() + self.expiry, message, strict=False)
+                self._put(member, expires, message, strict=False)
             else:
                 asyncio.get_running_loop().create_task(self._forward(member, message))
 

@@ -552,10 +552,14 @@ async def test_each_member_gets_its_own_copy(layer: BroadcastChannelLayer, group
     one, two = await layer.new_channel(), await layer.new_channel()
     await layer.group_add(group, one)
     await layer.group_add(group, two)
-    await layer.group_send(group, {"type": "m", "items": [1, 2]})
+    await layer.group_send(group, {"type": "m", "items": [1, 2], "meta": {"tags": ["a"]}})
     first = await receive(layer, one)
     first["items"].append(3)
-    assert (await receive(layer, two))["items"] == [1, 2]
+    first["meta"]["tags"].append("b")
+    first["data"]["items"].append(4)
+    second = await receive(layer, two)
+    assert second["items"] == [1, 2] and second["meta"] == {"tags": ["a"]}
+    assert second["data"] == {"items": [1, 2], "meta": {"tags": ["a"]}}
 
 
 async def test_bytes_survive_the_trip(bc: Broadcast, group: str) -> None:
