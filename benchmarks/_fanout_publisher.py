@@ -2,8 +2,9 @@
 
     python _fanout_publisher.py KIND URL PREFIX CHANNEL EVENTS
 
-KIND is ``django_broadcast`` (URL picks the backend), ``channels_redis-core``,
-``channels_redis-pubsub`` or ``broadcaster``. It connects, prints ``ready``, waits for
+KIND is ``django_broadcast`` (URL picks the backend), ``layer-broadcast``
+(``BroadcastChannelLayer`` over URL), ``layer-core`` or ``layer-pubsub`` (channels_redis)
+or ``broadcaster``. It connects, prints ``ready``, waits for
 a line on stdin, publishes EVENTS events with the library's own async API as fast as
 it goes, and prints ``done``. Standalone (no package imports), so that broadcaster's
 own virtualenv can run it too.
@@ -19,7 +20,8 @@ from typing import Any
 Publish = Callable[[int], Awaitable[Any]]
 
 
-async def _django_broadcast(url: str, prefix: str, channel: str) -> Publish:
+def _configure(url: str, prefix: str) -> None:
+    """Set up Django with one broadcast alias, ``default``, on ``url``."""
     import django
     from django.conf import settings
 
@@ -29,15 +31,24 @@ async def _django_broadcast(url: str, prefix: str, channel: str) -> Publish:
         BROADCAST={"default": {"URL": url, "OPTIONS": {"prefix": prefix}}},
     )
     django.setup()
+
+
+async def _django_broadcast(url: str, prefix: str, channel: str) -> Publish:
+    _configure(url, prefix)
     from django_broadcast import broadcast
 
     await broadcast.apublish(channel + "-warm-up", 0)
     return lambda n: broadcast.apublish(channel, {"n": n, "text": "hello"})
 
 
-async def _channels_redis(kind: str, url: str, prefix: str, channel: str) -> Publish:
+async def _layer(kind: str, url: str, prefix: str, channel: str) -> Publish:
     layer: Any
-    if kind == "core":
+    if kind == "broadcast":
+        _configure(url, prefix)
+        from django_broadcast.layers import BroadcastChannelLayer
+
+        layer = BroadcastChannelLayer()
+    elif kind == "core":
         from channels_redis.core import RedisChannelLayer
 
         layer = RedisChannelLayer(hosts=[url], prefix=prefix + "core")
@@ -62,8 +73,8 @@ async def _broadcaster(url: str, channel: str) -> Publish:
 async def main(kind: str, url: str, prefix: str, channel: str, events: int) -> None:
     if kind == "django_broadcast":
         publish = await _django_broadcast(url, prefix, channel)
-    elif kind.startswith("channels_redis-"):
-        publish = await _channels_redis(kind.split("-", 1)[1], url, prefix, channel)
+    elif kind.startswith("layer-"):
+        publish = await _layer(kind.split("-", 1)[1], url, prefix, channel)
     elif kind == "broadcaster":
         publish = await _broadcaster(url, channel)
     else:

@@ -11,11 +11,12 @@ so the subscribers it just made are old, as a server's long-connected ones are.
 Receivers iterate as a WebSocket or SSE consumer would (``async for`` / ``receive()``),
 without per-event timeouts.
 
-Cases: ``broadcast.subscribe`` on ``redis://`` and ``redis+streams://``; channels_redis
-core and pub/sub layers (one ``new_channel()`` per consumer, all in one group,
-``group_send``); encode/broadcaster (``Broadcast.subscribe``). broadcaster delivers
-nothing with redis-py 8, so it runs in its own virtualenv (``.venv-broadcaster``, made
-on first use) with the redis-py it works with, :data:`BROADCASTER_REQUIREMENTS`.
+Cases: ``broadcast.subscribe`` on ``redis://`` and ``redis+streams://``; Channels layers,
+``BroadcastChannelLayer`` on ``redis://`` and channels_redis core and pub/sub (one
+``new_channel()`` per consumer, all in one group, ``group_send``); encode/broadcaster
+(``Broadcast.subscribe``). broadcaster delivers nothing with redis-py 8, so it runs in
+its own virtualenv (``.venv-broadcaster``, made on first use) with the redis-py it works
+with, :data:`BROADCASTER_REQUIREMENTS`.
 """
 
 from __future__ import annotations
@@ -118,15 +119,21 @@ async def _django_broadcast(url: str, prefix: str, n: int, events: int, channel:
             await bc.aclose()
 
 
-async def _channels_redis(kind: str, prefix: str, n: int, events: int, channel: str) -> float:
-    from channels_redis.core import RedisChannelLayer
-    from channels_redis.pubsub import RedisPubSubChannelLayer
-
+async def _channels_layer(kind: str, prefix: str, n: int, events: int, channel: str) -> float:
+    """A Channels layer: one ``new_channel()`` per consumer, all in one group."""
     layer: Any
     if kind == "core":
+        from channels_redis.core import RedisChannelLayer
+
         layer = RedisChannelLayer(hosts=[REDIS_URL], prefix=prefix + "core", capacity=events * 2)
-    else:
+    elif kind == "pubsub":
+        from channels_redis.pubsub import RedisPubSubChannelLayer
+
         layer = RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=prefix + "ps")
+    else:
+        from django_broadcast.layers import BroadcastChannelLayer
+
+        layer = BroadcastChannelLayer(using="bench", capacity=events * 2)
     names = [await layer.new_channel() for _ in range(n)]
     for name in names:
         await layer.group_add(channel, name)
@@ -135,8 +142,8 @@ async def _channels_redis(kind: str, prefix: str, n: int, events: int, channel: 
         for _ in range(events):
             await layer.receive(name)
 
-    publisher_kind = f"channels_redis-{kind}"
-    async with Publisher(sys.executable, publisher_kind, REDIS_URL, prefix, channel) as publisher:
+    url = REDIS_URL if kind in ("core", "pubsub") else layer.broadcast.backend.location
+    async with Publisher(sys.executable, f"layer-{kind}", url, prefix, channel) as publisher:
         await publisher.start(events)
         tasks = [asyncio.create_task(consumer(name)) for name in names]
         try:
@@ -192,8 +199,11 @@ def _cases(prefix: str) -> dict[str, Case]:
         "django_broadcast redis+streams://": lambda n, e, c: _django_broadcast(
             streams, prefix, n, e, c
         ),
-        "channels_redis core": lambda n, e, c: _channels_redis("core", prefix, n, e, c),
-        "channels_redis pubsub": lambda n, e, c: _channels_redis("pubsub", prefix, n, e, c),
+        "django_broadcast BroadcastChannelLayer redis://": lambda n, e, c: _channels_layer(
+            "broadcast", prefix, n, e, c
+        ),
+        "channels_redis core": lambda n, e, c: _channels_layer("core", prefix, n, e, c),
+        "channels_redis pubsub": lambda n, e, c: _channels_layer("pubsub", prefix, n, e, c),
         "encode/broadcaster 0.3.1 (redis-py 5.2.1)": lambda n, e, c: _broadcaster(n, e, prefix + c),
     }
 
