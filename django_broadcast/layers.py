@@ -119,9 +119,13 @@ def fresh_copy(value: Any) -> Any:
     """A copy of every dict and list in ``value`` (as :func:`decode_bytes` returns
     them), sharing only immutable leaves: cheaper than decoding again per receiver."""
     if type(value) is dict:
-        return {k: v if type(v) in _ATOMS else fresh_copy(v) for k, v in value.items()}
+        copied = value.copy()
+        for key, item in copied.items():
+            if type(item) not in _ATOMS:
+                copied[key] = fresh_copy(item)  # replaces a value: the size stays
+        return copied
     if type(value) is list:
-        return [v if type(v) in _ATOMS else fresh_copy(v) for v in value]
+        return [item if type(item) in _ATOMS else fresh_copy(item) for item in value]
     return value
 
 
@@ -142,7 +146,8 @@ class _Inbox:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.messages: deque[tuple[float, dict[str, Any]]] = deque()
+        #: (expires, message, shared): a shared message is copied as it is taken.
+        self.messages: deque[tuple[float, dict[str, Any], bool]] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -299,11 +304,13 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 await self._ensure_reader(reader, self._route_inbox)
             with self._lock:
                 inbox = self._inbox(channel)
-                message = self._take(channel, inbox)
-                if message is not None:
-                    return message
-                waiter = loop.create_future()
-                inbox.waiters.append(waiter)
+                taken = self._take(channel, inbox)
+                if taken is None:
+                    waiter = loop.create_future()
+                    inbox.waiters.append(waiter)
+            if taken is not None:
+                message, shared = taken
+                return fresh_copy(message) if shared else message
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -321,13 +328,13 @@ class BroadcastChannelLayer(BaseChannelLayer):
             inbox = self._inboxes[channel] = _Inbox(self.get_capacity(channel))
         return inbox
 
-    def _take(self, channel: str, inbox: _Inbox) -> dict[str, Any] | None:
+    def _take(self, channel: str, inbox: _Inbox) -> tuple[dict[str, Any], bool] | None:
         now = time.time()
         while inbox.messages:
-            expires, message = inbox.messages.popleft()
+            expires, message, shared = inbox.messages.popleft()
             if expires >= now:
                 self._forget_if_idle(channel, inbox)
-                return message
+                return message, shared
             self._expired(channel)
         return None
 
@@ -348,11 +355,22 @@ class BroadcastChannelLayer(BaseChannelLayer):
                     self._expired(channel)
                 self._forget_if_idle(channel, inbox)
 
-    def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> None:
+    def _put(
+        self,
+        channel: str,
+        expires: float,
+        message: dict[str, Any],
+        *,
+        strict: bool,
+        shared: bool = False,
+    ) -> None:
+        """Queue ``message`` on a local channel. A ``shared`` message (one a group's
+        members all receive) is copied when taken, so that each receiver has its own
+        and the copies live only while a consumer holds them."""
         with self._lock:
             inbox = self._inbox(channel)
             if len(inbox.messages) < inbox.capacity:
-                inbox.messages.append((expires, message))
+                inbox.messages.append((expires, message, shared))
                 inbox.wake_one()
                 return
         if strict:
@@ -466,13 +484,12 @@ class BroadcastChannelLayer(BaseChannelLayer):
         members = list(self._groups.get(event.channel, ()))
         if not members:
             return
-        template = member_message(event)
+        message = member_message(event)
         expires = time.time() + self.expiry
         for member in members:
-            message = fresh_copy(template)
             if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
-                self._put(member, expires, message, strict=False)
-            else:
+                self._put(member, expires, message, strict=False, shared=True)
+            else:  # send() copies it
                 asyncio.get_running_loop().create_task(self._forward(member, message))
 
     async def _forward(self, channel: str, message: dict[str, Any]) -> None:
