@@ -4,10 +4,9 @@
 
 KIND is ``django_broadcast`` (URL picks the backend), ``layer-broadcast``
 (``BroadcastChannelLayer`` over URL), ``layer-core`` or ``layer-pubsub`` (channels_redis)
-or ``broadcaster``. It connects, prints ``ready``, waits for
-a line on stdin, publishes EVENTS events with the library's own async API as fast as
-it goes, and prints ``done``. Standalone (no package imports), so that broadcaster's
-own virtualenv can run it too.
+or ``broadcaster``. It connects, prints ``ready``, waits for a line on stdin, publishes
+EVENTS events with the library's own async API as fast as it goes, and prints ``done``.
+Standalone (no package imports), so that broadcaster's own virtualenv can run it too.
 """
 
 from __future__ import annotations

@@ -142,8 +142,7 @@ async def _channels_layer(kind: str, prefix: str, n: int, events: int, channel: 
         for _ in range(events):
             await layer.receive(name)
 
-    url = REDIS_URL if kind in ("core", "pubsub") else layer.broadcast.backend.location
-    async with Publisher(sys.executable, f"layer-{kind}", url, prefix, channel) as publisher:
+    async with Publisher(sys.executable, f"layer-{kind}", REDIS_URL, prefix, channel) as publisher:
         await publisher.start(events)
         tasks = [asyncio.create_task(consumer(name)) for name in names]
         try:

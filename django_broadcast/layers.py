@@ -153,9 +153,9 @@ class _Inbox:
     @property
     def idle(self) -> bool:
         """No message queued and no receiver waiting: nothing to keep it for."""
-        if self.messages:
-            return False
-        return all(waiter.done() for waiter in self.waiters) if self.waiters else True
+        return not self.messages and (
+            not self.waiters or all(waiter.done() for waiter in self.waiters)
+        )
 
     def wake_all(self) -> None:
         while self.waiters:
@@ -196,16 +196,14 @@ class _Reader:
 
     subscription: Subscription
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] = field(init=False)  # set right after, before any await
 
     @property
     def alive(self) -> bool:
-        return self.task is not None and not self.task.done() and not self.loop.is_closed()
+        return not self.task.done() and not self.loop.is_closed()
 
     async def stop(self) -> None:
-        if self.task is None:
-            await self.subscription.aclose()
-        elif self.loop is _running_loop():
+        if self.loop is _running_loop():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
