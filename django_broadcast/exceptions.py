@@ -10,8 +10,15 @@ class BroadcastError(Exception):
 class BroadcastUnavailable(BroadcastError):
     """The broker could not be reached (or did not answer) within the alias's TIMEOUT.
 
-    Nothing was sent: the caller may retry.
+    ``maybe_sent`` tells a failed publish apart: False when the event was certainly
+    not sent (the connection was refused, so a retry cannot duplicate it); True when
+    the broker got the command but did not answer in time, so the event may still be
+    delivered (a frozen broker runs it when it wakes up).
     """
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 class MessageTooLarge(BroadcastError, ValueError):

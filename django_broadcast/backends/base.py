@@ -21,19 +21,29 @@ __all__ = ["Backend", "ConnectionLost", "HistoryPage", "Message", "Receiver"]
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An event as it comes off the broker, before the codec has decoded it."""
+    """An event as it comes off the broker, before the codec has decoded it.
+
+    A receiver that finds, while reading, that events of ``channel`` may have been
+    lost just before this point (the stream was deleted or trimmed under it) returns
+    a message with ``gap`` set to the reason (``"reset"``, ``"trimmed"``) and an
+    empty ``id`` and ``payload``: the hub turns it into a ``broadcast.gap`` notice,
+    in order with the channel's other messages.
+    """
 
     channel: str
     id: str
     payload: bytes
+    gap: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     """Messages read from history, oldest first.
 
-    ``gap`` is true when ``since`` was given and the broker no longer holds every
-    message after it (it was trimmed away, or the id is older than the window).
+    ``gap`` is true when ``since`` was given and continuity after it cannot be
+    proven: the broker no longer holds every message after it (trimmed away, or
+    older than the window), or the history was deleted or made anew since (a broker
+    restart without persistence, a deleted key, an eviction).
     """
 
     messages: Sequence[Message]
@@ -59,11 +69,17 @@ class Receiver(abc.ABC):
         """Connect. Raise ``BroadcastUnavailable`` if the broker cannot be reached."""
 
     @abc.abstractmethod
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> str | None:
         """Start receiving ``channel``; return only once the broker has confirmed, so
         that any message published after this returns is received.
 
-        Raise ``BroadcastUnavailable`` if it cannot be confirmed within the timeout.
+        Return the channel's position on backends with history: the id after which
+        every message is received (the channel's newest id at this moment, or the
+        backend's "from the beginning" id, :attr:`Backend.origin`, for a channel
+        without messages); None on backends without history.
+
+        Raise ``BroadcastUnavailable`` if it cannot be confirmed within the timeout,
+        and leave nothing subscribed at the broker for ``channel`` in that case.
         """
 
     @abc.abstractmethod
@@ -74,7 +90,9 @@ class Receiver(abc.ABC):
     async def read(self) -> Sequence[Message]:
         """Wait for the next messages (at least one), in broker order per channel.
 
-        Raise :class:`ConnectionLost` when the connection to the broker is gone.
+        A message with ``gap`` set says that events of its channel may have been lost
+        at that point (see :class:`Message`). Raise :class:`ConnectionLost` when the
+        connection to the broker is gone.
         """
 
     @abc.abstractmethod
@@ -96,6 +114,10 @@ class Backend(abc.ABC):
 
     #: Whether the broker keeps history, so ids can be resumed from.
     supports_history: ClassVar[bool] = False
+
+    #: On backends with history, the position of a channel that has no events yet:
+    #: resuming from it replays the channel from its first event.
+    origin: ClassVar[str | None] = None
 
     #: OPTIONS this backend accepts, with the type each must have.
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"max_message_size": int}
@@ -150,7 +172,13 @@ class Backend(abc.ABC):
 
     def id_key(self, event_id: str) -> Any:
         """Return a sort key for an id of this backend; raise ``ValueError`` if the id
-        is not one this backend makes."""
+        is not one this backend makes.
+
+        Parse strictly: ASCII digits only (``str.isdigit`` also accepts other
+        scripts' digits) and bounded to what the broker accepts, so that an id from a
+        client is refused here, with a message saying what was expected, rather than
+        by the broker.
+        """
         raise NotImplementedError(f"{type(self).__name__} keeps no history")
 
     def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:

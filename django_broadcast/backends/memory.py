@@ -24,6 +24,7 @@ class MemoryBackend(Backend):
     """Process-local broker with per-channel history."""
 
     supports_history = True
+    origin = "0"
     requires_location = False
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,

@@ -364,6 +364,7 @@ class RedisStreamsBackend(_RedisBase):
     """Redis Streams: history, resume and loss-free reconnects (``redis+streams://``)."""
 
     supports_history = True
+    origin = "0-0"
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
         "prefix": str,
