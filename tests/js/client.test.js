@@ -1,6 +1,6 @@
 // Unit test of django_broadcast/static/django_broadcast/broadcast.js under Node, with a
-// scripted WebSocket and EventSource. Run by tests/test_js_client.py; exits non-zero on
-// the first failed check.
+// scripted WebSocket, EventSource, timers and Math.random. Run by tests/test_js_client.py;
+// every check runs, each failure is printed, and the exit status is non-zero if any failed.
 "use strict";
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
@@ -23,14 +23,30 @@ class FakeEventSource {
   emit(type, data) { (this.listeners[type] || []).forEach((fn) => fn({data: JSON.stringify(data)})); }
 }
 
+// Timers run only when a check says so; clearTimeout takes one off the list.
 const timers = [];
+let timerIds = 0;
+function fire(timer) {
+  timers.splice(timers.indexOf(timer), 1);
+  timer.fn();
+}
+function fireAll() {
+  while (timers.length) fire(timers[0]);
+}
+
+let random = () => 0.5;
 const context = {
   WebSocket: FakeWebSocket,
   EventSource: FakeEventSource,
   location: {protocol: "https:", host: "example.com"},
-  setTimeout: (fn, delay) => timers.push({fn, delay}),
+  setTimeout: (fn, delay) => { timers.push({id: ++timerIds, fn, delay}); return timerIds; },
+  clearTimeout: (id) => {
+    const index = timers.findIndex((t) => t.id === id);
+    if (index >= 0) timers.splice(index, 1);
+  },
   console,
-  JSON, Math, Object,
+  JSON, Object,
+  Math: Object.assign(Object.create(Math), {random: () => random()}),
 };
 context.window = context;
 const source = fs.readFileSync(
@@ -38,61 +54,112 @@ const source = fs.readFileSync(
 vm.runInNewContext(source, context);
 const DB = context.DjangoBroadcast;
 
-// Connect, subscribe before the socket is open: sent once it opens.
-const events = [];
-const gaps = [];
-const client = DB.connect("/broadcast/ws/", {onGap: (g) => gaps.push(g)});
-assert.equal(sockets[0].url, "wss://example.com/broadcast/ws/");
-client.subscribe("news", (event) => events.push(event.data));
-client.publish("chat", {text: "queued"});
-sockets[0].serverOpen();
-assert.deepEqual(sockets[0].sent, [
-  {op: "subscribe", channel: "news"},
-  {op: "publish", channel: "chat", data: {text: "queued"}},
-]);
+let failures = 0;
+function check(name, fn) {
+  timers.length = 0;
+  random = () => 0.5;
+  try {
+    fn();
+  } catch (error) {
+    failures += 1;
+    console.error(`FAIL: ${name}\n  ${String(error.stack || error).split("\n").slice(0, 6).join("\n  ")}`);
+  }
+}
 
-// Events reach the handler and move the resume position.
-sockets[0].serverSend({op: "event", channel: "news", id: "5-0", type: "message", data: 1});
-sockets[0].serverSend({op: "event", channel: "news", id: "6-0", type: "message", data: 2});
-assert.deepEqual(events, [1, 2]);
+// A client on a fresh socket list: socket(i) is the i-th socket it opened.
+function connect(options) {
+  const first = sockets.length;
+  const client = DB.connect("/broadcast/ws/", options || {});
+  const socket = (i) => sockets[first + i];
+  socket.last = () => sockets[sockets.length - 1];
+  return {client, socket};
+}
 
-// The connection drops: a reconnect is scheduled with backoff, and it resumes.
-sockets[0].close();
-assert.equal(timers.length, 1);
-assert.ok(timers[0].delay >= 250 && timers[0].delay <= 500, `delay ${timers[0].delay}`);
-timers.shift().fn();
-sockets[1].serverOpen();
-assert.deepEqual(sockets[1].sent, [{op: "subscribe", channel: "news", since: "6-0"}]);
+// The socket drops and the scheduled reconnect opens a new one.
+function reconnect(socket) {
+  const count = sockets.length;
+  socket.last().close();
+  assert.ok(timers.length, "a reconnect is scheduled");
+  while (sockets.length === count && timers.length) fire(timers[timers.length - 1]);
+  assert.equal(sockets.length, count + 1, "the reconnect opened a new socket");
+  socket.last().serverOpen();
+  return socket.last();
+}
 
-// A gap notice goes to onGap and to the channel's handlers; it does not move the position.
-sockets[1].serverSend({op: "event", channel: "news", id: "", type: "broadcast.gap", data: {reason: "history"}});
-assert.equal(gaps.length, 1);
-sockets[1].close();
-timers.shift().fn();
-sockets[2].serverOpen();
-assert.deepEqual(sockets[2].sent, [{op: "subscribe", channel: "news", since: "6-0"}]);
+const subscribed = (channel, position, recovered) =>
+  ({op: "subscribed", channel, recovered: !!recovered, position: position === undefined ? null : position});
+const event = (channel, id, data) => ({op: "event", channel, id, type: "message", data});
+const error = (code, channel) => ({op: "error", code, message: code, channel});
+// Objects made inside the script's context have its own prototypes: compare plain copies.
+const plain = (value) => JSON.parse(JSON.stringify(value));
+const gapNotice = (channel) =>
+  ({op: "event", channel, id: "", type: "broadcast.gap", data: {reason: "reconnect"}});
 
-// Backoff grows while the server stays away.
-sockets[2].close();
-const first = timers.shift();
-first.fn(); sockets[3].close();
-const second = timers.shift();
-assert.ok(second.delay >= 500, `second delay ${second.delay}`);
+check("connect, subscribe, publish, reconnect and resume", () => {
+  const events = [];
+  const gaps = [];
+  const {client, socket} = connect({onGap: (g) => gaps.push(g)});
+  assert.equal(socket(0).url, "wss://example.com/broadcast/ws/");
+  // Subscribe before the socket is open: sent once it opens.
+  client.subscribe("news", (e) => events.push(e.data));
+  client.publish("chat", {text: "queued"});
+  socket(0).serverOpen();
+  assert.deepEqual(socket(0).sent, [
+    {op: "subscribe", channel: "news"},
+    {op: "publish", channel: "chat", data: {text: "queued"}},
+  ]);
 
-// Unsubscribing the last handler unsubscribes the channel; close stops reconnects.
-second.fn(); sockets[4].serverOpen();
-client.unsubscribe("news");
-assert.deepEqual(sockets[4].sent.at(-1), {op: "unsubscribe", channel: "news"});
-client.close();
-assert.equal(timers.length, 0);
+  // Events reach the handler and move the resume position.
+  socket(0).serverSend(event("news", "5-0", 1));
+  socket(0).serverSend(event("news", "6-0", 2));
+  assert.deepEqual(events, [1, 2]);
 
-// SSE: channels in the query, events and gaps to their handlers.
-const seen = [];
-DB.stream("/broadcast/events/", ["a", "b.c"], {onEvent: (e) => seen.push(e.data), onGap: (g) => seen.push("gap"), types: ["chat"]});
-assert.equal(FakeEventSource.last.url, "/broadcast/events/?channel=a&channel=b.c");
-FakeEventSource.last.emit("message", {channel: "a", id: "1", type: "message", data: "x"});
-FakeEventSource.last.emit("chat", {channel: "a", id: "2", type: "chat", data: "y"});
-FakeEventSource.last.emit("gap", {channel: "a", id: "", type: "broadcast.gap", data: {}});
-assert.deepEqual(seen, ["x", "y", "gap"]);
+  // The connection drops: a reconnect is scheduled with backoff, and it resumes.
+  socket(0).close();
+  assert.equal(timers.length, 1);
+  assert.ok(timers[0].delay >= 250 && timers[0].delay <= 500, `delay ${timers[0].delay}`);
+  fire(timers[0]);
+  socket(1).serverOpen();
+  assert.deepEqual(socket(1).sent, [{op: "subscribe", channel: "news", since: "6-0"}]);
 
+  // A gap notice goes to onGap and to the channel's handlers; it does not move the position.
+  socket(1).serverSend({op: "event", channel: "news", id: "", type: "broadcast.gap", data: {reason: "history"}});
+  assert.equal(gaps.length, 1);
+  socket(1).close();
+  fire(timers[0]);
+  socket(2).serverOpen();
+  assert.deepEqual(socket(2).sent, [{op: "subscribe", channel: "news", since: "6-0"}]);
+
+  // Backoff grows while the server stays away.
+  socket(2).close();
+  fire(timers[0]);
+  socket(3).close();
+  const second = timers[0];
+  assert.ok(second.delay >= 500, `second delay ${second.delay}`);
+
+  // Unsubscribing the last handler unsubscribes the channel; close stops reconnects.
+  fire(second);
+  socket(4).serverOpen();
+  client.unsubscribe("news");
+  assert.deepEqual(socket(4).sent.at(-1), {op: "unsubscribe", channel: "news"});
+  client.close();
+  assert.equal(timers.length, 0);
+});
+
+check("SSE: channels in the query, events and gaps to their handlers", () => {
+  const seen = [];
+  DB.stream("/broadcast/events/", ["a", "b.c"], {
+    onEvent: (e) => seen.push(e.data), onGap: () => seen.push("gap"), types: ["chat"],
+  });
+  assert.equal(FakeEventSource.last.url, "/broadcast/events/?channel=a&channel=b.c");
+  FakeEventSource.last.emit("message", {channel: "a", id: "1", type: "message", data: "x"});
+  FakeEventSource.last.emit("chat", {channel: "a", id: "2", type: "chat", data: "y"});
+  FakeEventSource.last.emit("gap", {channel: "a", id: "", type: "broadcast.gap", data: {}});
+  assert.deepEqual(seen, ["x", "y", "gap"]);
+});
+
+if (failures) {
+  console.error(`broadcast.js: ${failures} check(s) failed`);
+  process.exit(1);
+}
 console.log("broadcast.js: all checks passed");
