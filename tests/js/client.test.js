@@ -146,6 +146,81 @@ check("connect, subscribe, publish, reconnect and resume", () => {
   assert.equal(timers.length, 0);
 });
 
+check("a quiet channel resumes from its subscribed position after a reconnect", () => {
+  const {client, socket} = connect();
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("news", "7-0"));
+  const again = reconnect(socket);
+  assert.deepEqual(again.sent, [{op: "subscribe", channel: "news", since: "7-0"}]);
+  client.close();
+});
+
+check("an event id supersedes the subscribed position", () => {
+  const {client, socket} = connect();
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("news", "7-0"));
+  socket(0).serverSend(event("news", "9-0", "x"));
+  let again = reconnect(socket);
+  assert.deepEqual(again.sent, [{op: "subscribe", channel: "news", since: "9-0"}]);
+  // The server confirms from there; a second reconnect still resumes from 9-0.
+  again.serverSend(subscribed("news", "9-0", true));
+  again = reconnect(socket);
+  assert.deepEqual(again.sent, [{op: "subscribe", channel: "news", since: "9-0"}]);
+  client.close();
+});
+
+check("an explicit since is sent, and unsubscribing the last handler forgets the position", () => {
+  const {client, socket} = connect();
+  const stop = client.subscribe("news", () => {}, "3-0");
+  socket(0).serverOpen();
+  assert.deepEqual(socket(0).sent, [{op: "subscribe", channel: "news", since: "3-0"}]);
+  socket(0).serverSend(subscribed("news", "3-0", true));
+  stop();
+  client.subscribe("news", () => {});
+  assert.deepEqual(socket(0).sent.slice(1), [
+    {op: "unsubscribe", channel: "news"},
+    {op: "subscribe", channel: "news"},
+  ]);
+  client.close();
+});
+
+check("without history: a quiet channel gets one synthetic gap on reconnect, a channel with an id sends since", () => {
+  const gaps = [];
+  const all = [];
+  const quiet = [];
+  const busy = [];
+  const {client, socket} = connect({onGap: (g) => gaps.push(g), onEvent: (e) => all.push(e)});
+  client.subscribe("quiet", (e) => quiet.push(e));
+  client.subscribe("busy", (e) => busy.push(e));
+  client.subscribe("late", () => {}); // never confirmed before the drop: nothing was missed
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("quiet", null));
+  socket(0).serverSend(subscribed("busy", null));
+  socket(0).serverSend(event("busy", "1700-3", "b"));
+  assert.equal(gaps.length, 0);
+
+  const again = reconnect(socket);
+  assert.deepEqual(again.sent, [
+    {op: "subscribe", channel: "quiet"},
+    {op: "subscribe", channel: "busy", since: "1700-3"},
+    {op: "subscribe", channel: "late"},
+  ]);
+  again.serverSend(subscribed("quiet", null));
+  again.serverSend(subscribed("busy", null));
+  again.serverSend(subscribed("late", null));
+  assert.deepEqual(plain(gaps), [gapNotice("quiet")]);
+  assert.deepEqual(plain(quiet), [gapNotice("quiet")]);
+  assert.deepEqual(busy.map((e) => e.type), ["message"]);
+  assert.deepEqual(plain(all.filter((e) => e.type === "broadcast.gap")), [gapNotice("quiet")]);
+
+  // A later confirmation on the same socket brings no second notice.
+  again.serverSend(subscribed("quiet", null));
+  assert.equal(gaps.length, 1);
+  client.close();
+});
+
 check("SSE: channels in the query, events and gaps to their handlers", () => {
   const seen = [];
   DB.stream("/broadcast/events/", ["a", "b.c"], {

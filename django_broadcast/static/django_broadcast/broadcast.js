@@ -25,10 +25,9 @@
   }
 
   /**
-   * A WebSocket connection that reconnects with exponential backoff and jitter,
-   * and on every reconnect subscribes again from the last event id of each channel,
-   * so nothing is missed where the broker keeps history (a gap event says so where
-   * it could not).
+   * A WebSocket connection that reconnects with exponential backoff and jitter and
+   * subscribes every channel again from its position, and says so with a gap
+   * notice wherever events may have been missed.
    *
    * @param {string} url  path or ws(s):// URL of the consumer, e.g. "/broadcast/ws/"
    * @param {{onEvent?: Function, onGap?: Function, onError?: Function,
@@ -38,7 +37,9 @@
     this.url = absoluteWebSocketUrl(url);
     this.options = options || {};
     this.handlers = {}; // channel -> [handler]
-    this.lastIds = {}; // channel -> last event id received
+    this.positions = {}; // channel -> id to resume from
+    this.confirmed = {}; // channel -> true once the server confirmed a subscription
+    this.states = {}; // channel -> "subscribing"|"resuming"|"live" on this socket
     this.pending = []; // frames sent while disconnected
     this.attempt = 0;
     this.closed = false;
@@ -50,11 +51,10 @@
     var self = this;
     var socket = new WebSocket(this.url);
     this.socket = socket;
+    this.states = {};
     socket.onopen = function () {
       self.attempt = 0;
-      Object.keys(self.handlers).forEach(function (channel) {
-        self.sendFrame(self.subscribeFrame(channel));
-      });
+      Object.keys(self.handlers).forEach(function (channel) { self.sendSubscribe(channel); });
       var queued = self.pending;
       self.pending = [];
       queued.forEach(function (frame) { self.sendFrame(frame); });
@@ -62,6 +62,7 @@
     };
     socket.onmessage = function (message) { self.receive(JSON.parse(message.data)); };
     socket.onclose = function () {
+      self.states = {};
       if (self.options.onClose) self.options.onClose();
       if (!self.closed) self.reconnectLater();
     };
@@ -74,28 +75,55 @@
     setTimeout(function () { if (!self.closed) self.open(); }, delay / 2 + Math.random() * delay / 2);
   };
 
-  Connection.prototype.subscribeFrame = function (channel) {
-    var frame = {op: "subscribe", channel: channel};
-    if (this.lastIds[channel]) frame.since = this.lastIds[channel];
-    return frame;
-  };
-
   Connection.prototype.sendFrame = function (frame) {
-    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+    if (this.isOpen()) {
       this.socket.send(JSON.stringify(frame));
     } else if (frame.op !== "subscribe") {
       this.pending.push(frame); // subscriptions are sent again on open anyway
     }
   };
 
-  Connection.prototype.receive = function (frame) {
+  Connection.prototype.isOpen = function () {
+    return !!this.socket && this.socket.readyState === WebSocket.OPEN;
+  };
+
+  // Subscribe `channel` on the open socket from its position (a closed socket
+  // subscribes every channel when it opens). "resuming": subscribed before, and now
+  // again without a position, so whatever was published in between is lost unseen.
+  Connection.prototype.sendSubscribe = function (channel) {
+    if (!this.isOpen()) return;
+    var frame = {op: "subscribe", channel: channel};
+    if (this.positions[channel]) frame.since = this.positions[channel];
+    this.states[channel] = !frame.since && this.confirmed[channel] ? "resuming" : "subscribing";
+    this.sendFrame(frame);
+  };
+
+  Connection.prototype.deliver = function (frame) {
     var options = this.options;
+    if (frame.type === GAP && options.onGap) options.onGap(frame);
+    (this.handlers[frame.channel] || []).forEach(function (handler) { handler(frame); });
+    if (options.onEvent) options.onEvent(frame);
+  };
+
+  Connection.prototype.receive = function (frame) {
+    var channel = frame.channel;
+    var known = !!this.handlers[channel];
+    var state = this.states[channel];
     if (frame.op === "event") {
-      if (frame.id) this.lastIds[frame.channel] = frame.id;
-      if (frame.type === GAP && options.onGap) options.onGap(frame);
-      (this.handlers[frame.channel] || []).forEach(function (handler) { handler(frame); });
-      if (options.onEvent) options.onEvent(frame);
+      if (frame.id && known) this.positions[channel] = frame.id;
+      this.deliver(frame);
+    } else if (frame.op === "subscribed") {
+      if (!known) return;
+      if (frame.position) this.positions[channel] = frame.position;
+      this.confirmed[channel] = true;
+      this.states[channel] = "live";
+      // The server cannot know what a resumed subscription without a position
+      // missed: the client says so.
+      if (state === "resuming") {
+        this.deliver({op: "event", channel: channel, id: "", type: GAP, data: {reason: "reconnect"}});
+      }
     } else if (frame.op === "error") {
+      var options = this.options;
       if (options.onError) options.onError(frame);
       else if (root.console) root.console.warn("django_broadcast:", frame.code, frame.message);
     }
@@ -109,8 +137,8 @@
     var self = this;
     var first = !this.handlers[channel];
     (this.handlers[channel] = this.handlers[channel] || []).push(handler);
-    if (since) this.lastIds[channel] = since;
-    if (first) this.sendFrame(this.subscribeFrame(channel));
+    if (since) this.positions[channel] = since;
+    if (first) this.sendSubscribe(channel);
     return function () { self.unsubscribe(channel, handler); };
   };
 
@@ -122,7 +150,9 @@
       return;
     }
     delete this.handlers[channel];
-    delete this.lastIds[channel];
+    delete this.positions[channel];
+    delete this.confirmed[channel];
+    delete this.states[channel];
     this.sendFrame({op: "unsubscribe", channel: channel});
   };
 
