@@ -221,6 +221,187 @@ check("without history: a quiet channel gets one synthetic gap on reconnect, a c
   client.close();
 });
 
+check("without history: a resubscribe that fails first still brings exactly one synthetic gap", () => {
+  const gaps = [];
+  const {client, socket} = connect({onGap: (g) => gaps.push(g), onError: () => {}});
+  client.subscribe("quiet", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("quiet", null));
+  const again = reconnect(socket);
+  again.serverSend(error("unavailable", "quiet"));
+  assert.equal(gaps.length, 0);
+  assert.equal(timers.length, 1);
+  fire(timers[0]);
+  assert.deepEqual(again.sent, [{op: "subscribe", channel: "quiet"}, {op: "subscribe", channel: "quiet"}]);
+  again.serverSend(subscribed("quiet", null));
+  assert.deepEqual(plain(gaps), [gapNotice("quiet")]);
+  client.close();
+});
+
+check("unavailable: a retry within the jitter bounds, resent with since; still reported", () => {
+  const errors = [];
+  const {client, socket} = connect({onError: (e) => errors.push(e)});
+  client.subscribe("news", () => {}, "4-0");
+  socket(0).serverOpen();
+  random = () => 0;
+  socket(0).serverSend(error("unavailable", "news"));
+  assert.deepEqual(errors, [error("unavailable", "news")]);
+  assert.equal(timers.length, 1);
+  assert.equal(timers[0].delay, 250);
+  fire(timers[0]);
+  assert.deepEqual(socket(0).sent.at(-1), {op: "subscribe", channel: "news", since: "4-0"});
+  random = () => 0.999999;
+  socket(0).serverSend(error("unavailable", "news"));
+  assert.equal(timers.length, 1);
+  assert.ok(timers[0].delay > 999 && timers[0].delay <= 1000, `delay ${timers[0].delay}`);
+  client.close();
+});
+
+check("unavailable without an error handler warns on the console", () => {
+  const warned = [];
+  const warn = console.warn;
+  console.warn = (...args) => warned.push(args);
+  try {
+    const {client, socket} = connect();
+    client.subscribe("news", () => {});
+    socket(0).serverOpen();
+    socket(0).serverSend(error("unavailable", "news"));
+    assert.deepEqual(warned, [["django_broadcast:", "unavailable", "unavailable"]]);
+    assert.equal(timers.length, 1);
+    client.close();
+  } finally {
+    console.warn = warn;
+  }
+});
+
+check("the retry backoff grows, is capped by maxDelay and resets after subscribed", () => {
+  random = () => 0.999999; // the top of each range
+  const {client, socket} = connect({onError: () => {}, maxDelay: 3000});
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  const delays = [];
+  for (let i = 0; i < 5; i++) {
+    socket(0).serverSend(error("unavailable", "news"));
+    assert.equal(timers.length, 1);
+    delays.push(Math.round(timers[0].delay));
+    fire(timers[0]);
+  }
+  assert.deepEqual(delays, [500, 1000, 2000, 3000, 3000]);
+  socket(0).serverSend(subscribed("news", "2-0"));
+  socket(0).serverSend(error("subscription_closed", "news"));
+  assert.equal(Math.round(timers[0].delay), 500);
+  fire(timers[0]);
+  assert.deepEqual(socket(0).sent.at(-1), {op: "subscribe", channel: "news", since: "2-0"});
+  client.close();
+});
+
+check("subscription_closed: retried from the last event id", () => {
+  const {client, socket} = connect({onError: () => {}});
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("news", "1-0"));
+  socket(0).serverSend(event("news", "5-0", "x"));
+  socket(0).serverSend(error("subscription_closed", "news"));
+  socket(0).serverSend(error("subscription_closed", "news")); // one retry at a time
+  assert.equal(timers.length, 1);
+  assert.ok(timers[0].delay >= 250 && timers[0].delay <= 500, `delay ${timers[0].delay}`);
+  fire(timers[0]);
+  assert.deepEqual(socket(0).sent, [
+    {op: "subscribe", channel: "news"},
+    {op: "subscribe", channel: "news", since: "5-0"},
+  ]);
+  client.close();
+});
+
+check("final error codes are not retried", () => {
+  const errors = [];
+  const {client, socket} = connect({onError: (e) => errors.push(e.code)});
+  const codes = ["forbidden", "invalid_channel", "bad_since", "too_many_subscriptions", "malformed"];
+  codes.forEach((code) => client.subscribe(code, () => {}));
+  socket(0).serverOpen();
+  codes.forEach((code) => socket(0).serverSend(error(code, code)));
+  assert.deepEqual(errors, codes);
+  fireAll();
+  assert.equal(socket(0).sent.length, codes.length);
+  client.close();
+});
+
+check("unavailable for a channel without handlers, or answering a publish, is not retried", () => {
+  const {client, socket} = connect({onError: () => {}});
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("news", null));
+  socket(0).serverSend(error("unavailable", "other"));
+  client.publish("news", "hi");
+  socket(0).serverSend(error("unavailable", "news")); // the publish failed; the subscription lives
+  fireAll();
+  assert.deepEqual(socket(0).sent, [
+    {op: "subscribe", channel: "news"},
+    {op: "publish", channel: "news", data: "hi"},
+  ]);
+  client.close();
+});
+
+check("a subscribed frame cancels a retry scheduled for its channel", () => {
+  const {client, socket} = connect({onError: () => {}});
+  client.subscribe("news", () => {});
+  client.publish("news", "hi");
+  socket(0).serverOpen();
+  // The publish's unavailable comes before the subscribe's answer: it cannot be told apart.
+  socket(0).serverSend(error("unavailable", "news"));
+  socket(0).serverSend(subscribed("news", "1-0"));
+  fireAll();
+  assert.equal(socket(0).sent.filter((f) => f.op === "subscribe").length, 1);
+  client.close();
+});
+
+check("no retry after unsubscribe", () => {
+  const {client, socket} = connect({onError: () => {}});
+  const stop = client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(error("unavailable", "news"));
+  assert.equal(timers.length, 1);
+  stop();
+  fireAll();
+  assert.equal(socket(0).sent.filter((f) => f.op === "subscribe").length, 1);
+  client.close();
+});
+
+check("no retry after close", () => {
+  const {client, socket} = connect({onError: () => {}});
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(error("subscription_closed", "news"));
+  assert.equal(timers.length, 1);
+  const count = sockets.length;
+  socket(0).close = () => {}; // the browser reports the close later, if at all
+  client.close();
+  fireAll();
+  assert.equal(socket(0).sent.length, 1);
+  assert.equal(sockets.length, count);
+});
+
+check("no retry once the socket was replaced: the reopen resubscribes", () => {
+  const {client, socket} = connect({onError: () => {}});
+  client.subscribe("news", () => {});
+  socket(0).serverOpen();
+  socket(0).serverSend(subscribed("news", "8-0"));
+  socket(0).serverSend(error("subscription_closed", "news"));
+  const retry = timers[0];
+  const again = reconnect(socket);
+  assert.ok(!timers.includes(retry), "the retry was cancelled when the socket closed");
+  assert.deepEqual(again.sent, [{op: "subscribe", channel: "news", since: "8-0"}]);
+  fireAll();
+  assert.equal(again.sent.length, 1);
+  assert.equal(socket(0).sent.length, 1);
+  // The new socket's own failure is retried on the new socket.
+  again.serverSend(error("unavailable", "news"));
+  assert.equal(timers.length, 1);
+  fireAll();
+  assert.deepEqual(again.sent.slice(1), [{op: "subscribe", channel: "news", since: "8-0"}]);
+  client.close();
+});
+
 check("SSE: channels in the query, events and gaps to their handlers", () => {
   const seen = [];
   DB.stream("/broadcast/events/", ["a", "b.c"], {

@@ -24,10 +24,21 @@
     return scheme + root.location.host + url;
   }
 
+  // The retry delay after `attempt` failures: 500 ms doubling up to `max`, taken at
+  // random between half and all of it so that clients do not come back in step.
+  function backoff(attempt, max) {
+    var delay = Math.min(max, 500 * Math.pow(2, attempt));
+    return delay / 2 + Math.random() * delay / 2;
+  }
+
+  // Error codes after which a subscription is tried again; every other code is final.
+  var RETRIED = {unavailable: true, subscription_closed: true};
+
   /**
    * A WebSocket connection that reconnects with exponential backoff and jitter and
-   * subscribes every channel again from its position, and says so with a gap
-   * notice wherever events may have been missed.
+   * subscribes every channel again from its position, retries subscriptions the
+   * server could not make or had to end, and says so with a gap notice wherever
+   * events may have been missed.
    *
    * @param {string} url  path or ws(s):// URL of the consumer, e.g. "/broadcast/ws/"
    * @param {{onEvent?: Function, onGap?: Function, onError?: Function,
@@ -39,7 +50,8 @@
     this.handlers = {}; // channel -> [handler]
     this.positions = {}; // channel -> id to resume from
     this.confirmed = {}; // channel -> true once the server confirmed a subscription
-    this.states = {}; // channel -> "subscribing"|"resuming"|"live" on this socket
+    this.retries = {}; // channel -> {attempt: failures in a row, timer: pending retry}
+    this.states = {}; // channel -> "subscribing"|"resuming"|"live"|"down" on this socket
     this.pending = []; // frames sent while disconnected
     this.attempt = 0;
     this.closed = false;
@@ -62,6 +74,8 @@
     };
     socket.onmessage = function (message) { self.receive(JSON.parse(message.data)); };
     socket.onclose = function () {
+      // The next socket subscribes every channel again: pending retries are moot.
+      Object.keys(self.retries).forEach(function (channel) { self.cancelRetry(channel); });
       self.states = {};
       if (self.options.onClose) self.options.onClose();
       if (!self.closed) self.reconnectLater();
@@ -70,9 +84,8 @@
 
   Connection.prototype.reconnectLater = function () {
     var self = this;
-    var max = this.options.maxDelay || 30000;
-    var delay = Math.min(max, 500 * Math.pow(2, this.attempt++));
-    setTimeout(function () { if (!self.closed) self.open(); }, delay / 2 + Math.random() * delay / 2);
+    var delay = backoff(this.attempt++, this.options.maxDelay || 30000);
+    setTimeout(function () { if (!self.closed) self.open(); }, delay);
   };
 
   Connection.prototype.sendFrame = function (frame) {
@@ -98,6 +111,27 @@
     this.sendFrame(frame);
   };
 
+  Connection.prototype.retryLater = function (channel) {
+    var self = this;
+    var socket = this.socket;
+    var retry = this.retries[channel] || (this.retries[channel] = {attempt: 0, timer: null});
+    if (retry.timer !== null) return;
+    var delay = backoff(retry.attempt++, this.options.maxDelay || 30000);
+    retry.timer = setTimeout(function () {
+      retry.timer = null;
+      if (self.closed || self.socket !== socket || !self.handlers[channel]) return;
+      if (self.states[channel] === "down") self.sendSubscribe(channel);
+    }, delay);
+  };
+
+  Connection.prototype.cancelRetry = function (channel) {
+    var retry = this.retries[channel];
+    if (retry && retry.timer !== null) {
+      clearTimeout(retry.timer);
+      retry.timer = null;
+    }
+  };
+
   Connection.prototype.deliver = function (frame) {
     var options = this.options;
     if (frame.type === GAP && options.onGap) options.onGap(frame);
@@ -114,6 +148,8 @@
       this.deliver(frame);
     } else if (frame.op === "subscribed") {
       if (!known) return;
+      this.cancelRetry(channel);
+      delete this.retries[channel];
       if (frame.position) this.positions[channel] = frame.position;
       this.confirmed[channel] = true;
       this.states[channel] = "live";
@@ -126,6 +162,13 @@
       var options = this.options;
       if (options.onError) options.onError(frame);
       else if (root.console) root.console.warn("django_broadcast:", frame.code, frame.message);
+      if (!known || !state) return;
+      // An error for a live channel other than subscription_closed answers a
+      // publish: the subscription stands.
+      if (frame.code === "subscription_closed" || state === "subscribing" || state === "resuming") {
+        this.states[channel] = "down";
+        if (RETRIED[frame.code]) this.retryLater(channel);
+      }
     }
   };
 
@@ -149,9 +192,11 @@
       this.handlers[channel] = list;
       return;
     }
+    this.cancelRetry(channel);
     delete this.handlers[channel];
     delete this.positions[channel];
     delete this.confirmed[channel];
+    delete this.retries[channel];
     delete this.states[channel];
     this.sendFrame({op: "unsubscribe", channel: channel});
   };
@@ -165,7 +210,9 @@
 
   /** Close for good: no more reconnects. */
   Connection.prototype.close = function () {
+    var self = this;
     this.closed = true;
+    Object.keys(this.retries).forEach(function (channel) { self.cancelRetry(channel); });
     if (this.socket) this.socket.close();
   };
 
