@@ -414,6 +414,21 @@ check("SSE: channels in the query, events and gaps to their handlers", () => {
   assert.deepEqual(seen, ["x", "y", "gap"]);
 });
 
+check("SSE: unavailable goes to onUnavailable, never to onEvent", () => {
+  const events = [];
+  const unavailable = [];
+  DB.stream("/broadcast/events/", ["a"], {
+    onEvent: (e) => events.push(e), onUnavailable: (d) => unavailable.push(d),
+  });
+  FakeEventSource.last.emit("unavailable", {message: "the event broker is unavailable"});
+  assert.deepEqual(unavailable, [{message: "the event broker is unavailable"}]);
+  assert.deepEqual(events, []);
+  // Without onUnavailable it is dropped quietly, even when listed in types.
+  DB.stream("/broadcast/events/", ["a"], {onEvent: (e) => events.push(e), types: ["unavailable"]});
+  FakeEventSource.last.emit("unavailable", {message: "the event broker is unavailable"});
+  assert.deepEqual(events, []);
+});
+
 if (failures) {
   console.error(`broadcast.js: ${failures} check(s) failed`);
   process.exit(1);

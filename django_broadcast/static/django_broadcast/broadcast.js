@@ -219,12 +219,15 @@
   /**
    * Server-Sent Events over EventSource, which reconnects by itself and sends the
    * last id back (the server resumes every channel of the stream from it).
+   * While the broker is unreachable the server answers with one `unavailable` event
+   * and ends the response; it goes to `onUnavailable` (never to `onEvent`) and
+   * EventSource reconnects by itself, keeping its Last-Event-ID.
    *
    * @param {string} url  e.g. "/broadcast/events/"
    * @param {string[]} channels
-   * @param {{onEvent?: Function, onGap?: Function, onError?: Function,
-   *          types?: string[]}} [handlers]  `types`: custom event types to listen to
-   *          besides the default "message"
+   * @param {{onEvent?: Function, onGap?: Function, onUnavailable?: Function,
+   *          onError?: Function, types?: string[]}} [handlers]  `types`: custom event
+   *          types to listen to besides the default "message"
    * @returns {EventSource}
    */
   function stream(url, channels, handlers) {
@@ -240,7 +243,12 @@
       }
     }
     ["message", "gap"].concat(handlers.types || []).forEach(function (type) {
-      source.addEventListener(type, deliver);
+      if (type !== "unavailable") source.addEventListener(type, deliver);
+    });
+    // The broker is unreachable: the server ends the response and EventSource
+    // reconnects by itself, keeping its Last-Event-ID.
+    source.addEventListener("unavailable", function (message) {
+      if (handlers.onUnavailable) handlers.onUnavailable(JSON.parse(message.data));
     });
     if (handlers.onError) source.onerror = handlers.onError;
     return source;
