@@ -1,17 +1,56 @@
 /**
- * django_broadcast browser client: WebSocket with automatic reconnect and resume,
- * and a Server-Sent Events helper. No dependencies; load it as a classic script
- * (it defines window.DjangoBroadcast) or import it as an ES module's side effect.
+ * django_broadcast browser client: a WebSocket connection that resumes every channel
+ * after a reconnect or a broker outage, and a Server-Sent Events helper. No
+ * dependencies; load it as a classic script (it defines window.DjangoBroadcast) or
+ * import it as an ES module's side effect.
  *
  *   <script src="{% static 'django_broadcast/broadcast.js' %}"></script>
- *   const client = DjangoBroadcast.connect("/broadcast/ws/");
- *   client.subscribe("news.today", (event) => console.log(event.type, event.data));
+ *   const client = DjangoBroadcast.connect("/broadcast/ws/", {onGap: (notice) => reload()});
+ *   const stop = client.subscribe("news.today", (event) => console.log(event.type, event.data));
  *   client.publish("chat.lobby", {text: "hi"});
  *
  *   DjangoBroadcast.stream("/broadcast/events/", ["news.today"], {
  *     onEvent: (event) => console.log(event),
  *     onGap: (notice) => reload(),
  *   });
+ *
+ * DjangoBroadcast.connect(url, options) -> Connection
+ *   url      path or ws(s):// URL of the WebSocket consumer, e.g. "/broadcast/ws/"
+ *   options  all optional:
+ *     onEvent(event)   every event of every channel, gap notices included
+ *     onGap(notice)    every gap notice: events of notice.channel may have been missed
+ *     onError(frame)   every error frame {op: "error", code, message, channel?}
+ *                      (without it: console.warn)
+ *     onOpen(), onClose()  each time a socket opens or closes
+ *     maxDelay         ceiling of the reconnect and retry backoff, ms (default 30000)
+ * connection.subscribe(channel, handler, since?) -> stop()
+ *   handler(event) gets {op: "event", channel, id, type, data}, gap notices included;
+ *   `since` (an event id) resumes the channel after it.
+ * connection.unsubscribe(channel, handler?)  without handler: every handler
+ * connection.publish(channel, data, type?)   sent once the socket is open
+ * connection.close()                         for good: no reconnect, no retry
+ *
+ * DjangoBroadcast.stream(url, channels, handlers?) -> EventSource
+ *   handlers: onEvent(event), onGap(notice), onUnavailable({message}), onError(error),
+ *   types: custom event types to listen to besides "message".
+ * DjangoBroadcast.GAP  "broadcast.gap", the type of a gap notice
+ *
+ * What the WebSocket connection does for you:
+ * - It keeps a position per channel: the `position` of the server's `subscribed`
+ *   frame, then the id of every event received (or the `since` you passed). Every
+ *   subscribe sends it as `since`, so a reconnect replays what was missed where the
+ *   broker keeps history, quiet channels included; the server sends a gap notice
+ *   where it cannot. Unsubscribing the last handler forgets it.
+ * - A lost socket is reopened after 500 ms doubling up to maxDelay, each delay taken
+ *   at random between half and all of it, and every channel is subscribed again.
+ * - A subscription the server could not make (error "unavailable") or had to end
+ *   ("subscription_closed") is made again after the same backoff, counted per channel
+ *   and reset by its `subscribed` frame. Other error codes are final. An
+ *   "unavailable" for a channel already subscribed answers a publish: only reported.
+ * - Without history (the server's `position` is null) a channel that got no event has
+ *   no position. When such a channel, subscribed before, is subscribed again, the
+ *   client itself delivers one gap notice once the server confirms it:
+ *   {op: "event", channel, id: "", type: "broadcast.gap", data: {reason: "reconnect"}}.
  */
 (function (root) {
   "use strict";
@@ -38,7 +77,7 @@
    * A WebSocket connection that reconnects with exponential backoff and jitter and
    * subscribes every channel again from its position, retries subscriptions the
    * server could not make or had to end, and says so with a gap notice wherever
-   * events may have been missed.
+   * events may have been missed (see the top of this file).
    *
    * @param {string} url  path or ws(s):// URL of the consumer, e.g. "/broadcast/ws/"
    * @param {{onEvent?: Function, onGap?: Function, onError?: Function,
