@@ -91,9 +91,15 @@ class MemoryBackend(Backend):
         """Make a receiver for the running event loop."""
         return _MemoryReceiver(self, asyncio.get_running_loop())
 
-    def _attach(self, receiver: _MemoryReceiver, channel: str) -> None:
+    def _attach(self, receiver: _MemoryReceiver, channel: str) -> str:
+        """Register ``receiver`` for ``channel``; return the channel's position.
+
+        Both under the lock: every event after the position reaches the receiver.
+        """
         with self._lock:
             self._receivers.setdefault(channel, set()).add(receiver)
+            buffer = self._history.get(channel)
+            return buffer[-1].id if buffer else self.origin
 
     def _detach(self, receiver: _MemoryReceiver, channel: str) -> None:
         with self._lock:
@@ -132,9 +138,9 @@ class _MemoryReceiver(Receiver):
     async def open(self) -> None:
         pass
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> str:
         self._channels.add(channel)
-        self._backend._attach(self, channel)
+        return self._backend._attach(self, channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)

@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _XREAD_COUNT = 1000
+_ORIGIN = "0-0"  # the stream position before any entry
 
 
 def safe_url(url: str) -> str:
@@ -364,7 +365,7 @@ class RedisStreamsBackend(_RedisBase):
     """Redis Streams: history, resume and loss-free reconnects (``redis+streams://``)."""
 
     supports_history = True
-    origin = "0-0"
+    origin = _ORIGIN
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
         "prefix": str,
@@ -512,10 +513,12 @@ class _StreamsReceiver(Receiver):
         except redis.ResponseError:
             return None
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> str:
         info = _info(await self._xinfo(channel))
-        self.positions[channel] = "0-0" if info is None else _text(info["last-generated-id"])
+        position = _ORIGIN if info is None else _text(info["last-generated-id"])
+        self.positions[channel] = position
         await self._wake()
+        return position
 
     async def unsubscribe(self, channel: str) -> None:
         if self.positions.pop(channel, None) is not None:
