@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import redis
 
 from django_broadcast import GAP, BroadcastUnavailable
 from django_broadcast.backends.base import Backend, Message, Receiver
-from django_broadcast.backends.redis import RedisStreamsBackend, safe_url
+from django_broadcast.backends.redis import safe_url
 
 from .conftest import PREFIX, REDIS_URL, alias_settings, free_port, require_broker, using
 
@@ -32,18 +33,6 @@ def test_passwords_stay_out_of_messages() -> None:
             assert "s3cret" not in str(exc) and "user:***@" in str(exc)
         else:
             raise AssertionError("publish to a closed port succeeded")
-
-
-def test_stream_ids_are_checked() -> None:
-    backend = RedisStreamsBackend("redis+streams://127.0.0.1/0", {}, timeout=1)
-    assert backend.id_key("1700000000000-3") == (1700000000000, 3)
-    for bad in ("17", "a-1", "1-", "-1", "1-2-3"):
-        try:
-            backend.id_key(bad)
-        except ValueError as exc:
-            assert "stream id" in str(exc)
-        else:
-            raise AssertionError(f"{bad!r} was accepted")
 
 
 def test_history_after_a_deleted_entry_reports_a_gap(channel: str) -> None:
@@ -128,3 +117,34 @@ async def test_subscribe_returns_the_channel_position(backend_name: str, channel
     if backend.supports_history:
         assert backend.id_key(sent[0]) > backend.id_key(old[-1])
         assert backend.id_key(sent[1]) > backend.id_key(str(backend.origin))
+
+
+ARABIC_1700 = "\u0661\u0667\u0660\u0660"  # str.isdigit() and int() accept it
+BAD_IDS = {
+    "memory": ["", "-1", "+1", " 1", "1.0", "1_000", ARABIC_1700, "9" * 30, str(2**64)],
+    "redis+streams": [
+        *("17", "a-1", "1-", "-1", "1-2-3", "1-+2", "1- 2", "1_0-0"),
+        f"{ARABIC_1700}-0",
+        f"0-{ARABIC_1700}",
+        f"{2**64}-0",  # one more than Redis accepts in either part
+        f"0-{2**64}",
+        f"{'1' * 5000}-0",
+    ],
+}
+
+
+def test_ids_are_parsed_strictly(history_backend_name: str, channel: str) -> None:
+    with using(alias_settings(history_backend_name)) as bc:
+        backend = bc.backend
+        expected = "decimal number" if history_backend_name == "memory" else "stream id"
+        for bad in BAD_IDS[history_backend_name]:
+            with pytest.raises(ValueError, match=expected):
+                backend.id_key(bad)
+            with pytest.raises(ValueError, match=expected):
+                bc.history(channel, since=bad)  # refused here, not by the broker
+        largest = str(2**64 - 1)
+        if history_backend_name == "redis+streams":
+            largest = f"{largest}-{largest}"
+        assert backend.id_key(largest) > backend.id_key(backend.origin or "")
+        [notice] = bc.history(channel, since=largest)  # an id this broker never made
+        assert notice.type == GAP

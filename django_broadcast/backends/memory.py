@@ -17,7 +17,11 @@ from typing import Any, ClassVar
 
 from .base import Backend, HistoryPage, Message, Receiver
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MAX_ID", "MemoryBackend"]
+
+#: The largest event id the memory backend makes or accepts.
+MAX_ID = 2**64 - 1
+_MAX_ID_DIGITS = len(str(MAX_ID))
 
 
 class MemoryBackend(Backend):
@@ -64,24 +68,37 @@ class MemoryBackend(Backend):
         return self._send(channel, payload)
 
     def id_key(self, event_id: str) -> int:
-        """Ids are decimal sequence numbers."""
-        if not (isinstance(event_id, str) and event_id.isdigit()):
-            raise ValueError(
-                f"{event_id!r} is not an event id of the memory backend: "
-                f"expected the decimal number of an event's id"
-            )
-        return int(event_id)
+        """Ids are decimal sequence numbers, ASCII digits, at most :data:`MAX_ID`."""
+        if (
+            isinstance(event_id, str)
+            and 0 < len(event_id) <= _MAX_ID_DIGITS
+            and event_id.isascii()
+            and event_id.isdigit()
+            and int(event_id) <= MAX_ID
+        ):
+            return int(event_id)
+        raise ValueError(
+            f"{event_id!r} is not an event id of the memory backend: expected a decimal "
+            f"number of ASCII digits from 0 to {MAX_ID}, such as '42'"
+        )
 
     def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
-        """Read the channel's ring buffer."""
+        """Read the channel's ring buffer.
+
+        With ``since``, report a gap where the buffer no longer holds every event
+        after it, or where ``since`` is newer than any id this backend has made (the
+        id comes from before the process restarted, so its history is gone).
+        """
         after = None if since is None else self.id_key(since)
         with self._lock:
             messages = list(self._history.get(channel, ()))
             evicted = self._evicted.get(channel, 0)
+            newest = self._next_id
         if after is None:
             return HistoryPage(messages[-limit:] if limit is not None else messages)
         newer = [m for m in messages if int(m.id) > after]
-        return HistoryPage(newer[:limit] if limit is not None else newer, gap=evicted > after)
+        gap = evicted > after or after > newest
+        return HistoryPage(newer[:limit] if limit is not None else newer, gap=gap)
 
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """As :meth:`history`; never waits."""

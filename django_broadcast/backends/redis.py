@@ -52,6 +52,8 @@ T = TypeVar("T")
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 _XREAD_COUNT = 1000
 _ORIGIN = "0-0"  # the stream position before any entry
+_MAX_ID_PART = 2**64 - 1  # either part of a stream id is an unsigned 64-bit number
+_MAX_ID_PART_DIGITS = len(str(_MAX_ID_PART))
 
 
 def safe_url(url: str) -> str:
@@ -342,13 +344,35 @@ class _PubSubReceiver(Receiver):
 
 
 def _parse_id(event_id: str) -> tuple[int, int]:
-    ms, sep, seq = event_id.partition("-")
-    if not (sep and ms.isdigit() and seq.isdigit()):
-        raise ValueError(
-            f"{event_id!r} is not an event id of the Redis Streams backend: "
-            f"expected a stream id such as '1700000000000-0'"
-        )
-    return int(ms), int(seq)
+    """``(milliseconds, sequence)`` of a stream id; ``ValueError`` for anything else."""
+    if isinstance(event_id, str):
+        ms, sep, seq = event_id.partition("-")
+        if sep and _id_part(ms) and _id_part(seq):
+            return int(ms), int(seq)
+    raise ValueError(
+        f"{event_id!r} is not an event id of the Redis Streams backend: expected a stream "
+        f"id, two decimal numbers of ASCII digits from 0 to {_MAX_ID_PART} joined by '-', "
+        f"such as '1700000000000-0'"
+    )
+
+
+def _id_part(text: str) -> bool:
+    return (
+        0 < len(text) <= _MAX_ID_PART_DIGITS
+        and text.isascii()
+        and text.isdigit()
+        and int(text) <= _MAX_ID_PART
+    )
+
+
+def _successor(event_id: str) -> str | None:
+    """The smallest stream id after ``event_id``; None after the largest one."""
+    ms, seq = _parse_id(event_id)
+    if seq < _MAX_ID_PART:
+        return f"{ms}-{seq + 1}"
+    if ms < _MAX_ID_PART:
+        return f"{ms + 1}-0"
+    return None
 
 
 def _payload(fields: Any) -> bytes:
@@ -391,9 +415,8 @@ class RedisStreamsBackend(_RedisBase):
         return _text(await self.acall(client.execute_command(*self._xadd(channel, payload))))
 
     def id_key(self, event_id: str) -> tuple[int, int]:
-        """Stream ids sort as ``(milliseconds, sequence)``."""
-        if not isinstance(event_id, str):
-            raise ValueError(f"{event_id!r} is not an event id: expected a string")
+        """Stream ids sort as ``(milliseconds, sequence)``, each an unsigned 64-bit
+        number of ASCII digits."""
         return _parse_id(event_id)
 
     # History ---------------------------------------------------------------------
@@ -405,11 +428,13 @@ class RedisStreamsBackend(_RedisBase):
         count = () if limit is None else ("COUNT", limit)
         if since is None:
             return [("XREVRANGE", key, "+", "-", *count)]
-        self.id_key(since)
-        return [("XINFO", "STREAM", key), ("XRANGE", key, "(" + since, "+", *count)]
+        start = _successor(since)
+        if start is None:  # nothing comes after the largest id
+            return [("XINFO", "STREAM", key)]
+        return [("XINFO", "STREAM", key), ("XRANGE", key, start, "+", *count)]
 
     def _page(self, channel: str, since: str | None, replies: list[Any]) -> HistoryPage:
-        entries = replies[-1]
+        entries = replies[-1] if since is None or len(replies) > 1 else []
         if isinstance(entries, Exception):
             raise entries
         messages = [
