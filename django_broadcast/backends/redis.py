@@ -175,7 +175,13 @@ class _RedisBase(Backend):
 
 
 class _Connection:
-    """One dedicated receiving connection: connect, send, read, with clear errors."""
+    """One dedicated connection of a receiver: connect, send, read, with clear errors.
+
+    A command not answered within TIMEOUT discards the connection (redis-py's
+    ``read_response`` without ``timeout`` disconnects and raises), so that a late
+    answer can never be read as the answer to a later command; the next
+    :meth:`command` connects again.
+    """
 
     def __init__(self, backend: _RedisBase, role: str) -> None:
         self.backend = backend
@@ -194,19 +200,29 @@ class _Connection:
         return conn
 
     async def command(self, *args: Any) -> Any:
-        """Send a command and read its answer (only where nothing else reads)."""
-        conn = self.require()
+        """Send a command and read its answer (only where nothing else reads),
+        connecting first where the connection is gone."""
         async with self.lock:
+            conn = self.conn
+            if conn is None or not conn.is_connected:
+                conn = await self.connect()
             try:
                 await conn.send_command(*args)
-                return await conn.read_response(timeout=self.backend.timeout)
-            except _REDIS_ERRORS as exc:
-                raise self.backend.unavailable(exc) from exc
+                return await conn.read_response()
+            except redis.ResponseError:
+                raise
+            except BaseException as exc:  # cancelled too: its answer would come late
+                await self.close()
+                if isinstance(exc, _REDIS_ERRORS):
+                    raise self.backend.unavailable(exc) from exc
+                raise
 
     def require(self) -> AbstractConnection:
-        if self.conn is None:
+        """The connection, or :class:`ConnectionLost` where it is gone."""
+        conn = self.conn
+        if conn is None or not conn.is_connected:
             raise ConnectionLost("not connected")
-        return self.conn
+        return conn
 
     async def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -328,7 +344,7 @@ class _PubSubReceiver(Receiver):
             try:
                 await conn.send_command("SUBSCRIBE", *keys)
                 for _ in keys:  # one confirmation per channel, before any message
-                    await conn.read_response(timeout=self.backend.timeout)
+                    await conn.read_response()  # TIMEOUT: raises and disconnects
             except _REDIS_ERRORS as exc:
                 await self.link.close()
                 raise self.backend.unavailable(exc) from exc

@@ -1,0 +1,93 @@
+"""Broker faults, on a private redis-server of each test's own.
+
+Slow replies, frozen brokers, crashes and restarts with or without their data, a
+broker that is down: checked at the receiver level (as the hub drives a receiver) and
+at the Python API level, on ``redis://`` and ``redis+streams://``. The shared broker is
+never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from django_broadcast import BroadcastUnavailable
+
+from .conftest import PrivateRedis
+from .test_redis import TIMEOUT, listening
+
+#: The TIMEOUT of the aliases here: small, so that the faults show quickly.
+SHORT = 0.3
+
+
+def entry(server: PrivateRedis, kind: str, **extra: object) -> dict[str, object]:
+    """The alias settings of backend ``kind`` on ``server``."""
+    url = server.streams_url if kind == "redis+streams" else server.url
+    return {"URL": url, "TIMEOUT": SHORT, **extra}
+
+
+@contextlib.contextmanager
+def sleeping(server: PrivateRedis, seconds: float) -> Iterator[None]:
+    """Make ``server`` sleep for ``seconds``; on exit, wait until it answers again."""
+    sleeper = server.debug_sleep(seconds)
+    try:
+        yield
+    finally:
+        sleeper.settimeout(TIMEOUT)
+        assert sleeper.recv(64).startswith(b"+OK")  # DEBUG SLEEP is over
+        sleeper.close()
+
+
+async def test_a_slow_reply_fails_that_subscribe_and_never_answers_a_later_one(
+    private_redis: PrivateRedis, channel: str
+) -> None:
+    async with listening(entry(private_redis, "redis+streams")) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        old = [await backend.apublish(channel, b"old") for _ in range(3)]
+        with (
+            sleeping(private_redis, SHORT * 4),
+            pytest.raises(BroadcastUnavailable, match="TIMEOUT"),
+        ):
+            await receiver.subscribe(channel)  # its XINFO is answered too late
+        # The late answer went with its connection: later subscribes are right.
+        assert await receiver.subscribe(channel) == old[-1]
+        other = f"{channel}.other"
+        assert await receiver.subscribe(other) == backend.origin
+        sent = [await backend.apublish(channel, b"new"), await backend.apublish(other, b"new")]
+        received = await listener.next(2)
+    assert sorted((m.channel, m.id, m.payload) for m in received) == sorted(
+        [(channel, sent[0], b"new"), (other, sent[1], b"new")]
+    )
+
+
+async def test_a_slow_resubscribe_fails_the_reconnect(
+    private_redis: PrivateRedis, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with listening(entry(private_redis, "redis")) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        await receiver.subscribe(channel)
+        listener.task.cancel()  # the hub reconnects once its read has failed
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener.task
+        # The server falls asleep once connected, before it confirms the SUBSCRIBE.
+        link = receiver.link  # type: ignore[attr-defined]
+        connect = link.connect
+        with contextlib.ExitStack() as asleep:
+
+            async def connect_then_sleep() -> object:
+                connection = await connect()
+                asleep.enter_context(sleeping(private_redis, SHORT * 4))
+                return connection
+
+            monkeypatch.setattr(link, "connect", connect_then_sleep)
+            with pytest.raises(BroadcastUnavailable, match="TIMEOUT"):
+                await receiver.reconnect()
+        monkeypatch.undo()
+        assert await receiver.reconnect() == {channel}
+        listener.task = asyncio.create_task(listener._read())
+        sent = await backend.apublish(channel, b"after")
+        [message] = await listener.next(1)
+    assert (message.channel, message.id, message.payload) == (channel, sent, b"after")
