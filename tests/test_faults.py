@@ -91,3 +91,39 @@ async def test_a_slow_resubscribe_fails_the_reconnect(
         sent = await backend.apublish(channel, b"after")
         [message] = await listener.next(1)
     assert (message.channel, message.id, message.payload) == (channel, sent, b"after")
+
+
+def cancel_soon(task: asyncio.Task[None], turns: int) -> None:
+    """Cancel ``task`` after ``turns`` turns of the event loop."""
+    if turns:
+        asyncio.get_running_loop().call_soon(cancel_soon, task, turns - 1)
+    else:
+        task.cancel()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis+streams"])
+async def test_a_reading_receiver_can_be_cancelled_at_any_moment(
+    private_redis: PrivateRedis, channel: str, kind: str
+) -> None:
+    """The hub cancels its listener and waits for it: the cancellation is never lost.
+
+    (redis-py sends through ``asyncio.wait_for`` on a socket with a timeout, which
+    before Python 3.12 returns normally when cancelled just as the send completes.)
+    """
+    async with listening(entry(private_redis, kind, TIMEOUT=5)) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        await receiver.subscribe(channel)
+        await listener.stop()
+        await receiver.reconnect()
+
+        async def read_then_cancel(turns: int) -> None:
+            while True:  # cancels itself in the middle of its next read
+                await receiver.read()
+                cancel_soon(asyncio.current_task(), turns)  # type: ignore[arg-type]
+
+        for turns in range(12):
+            reader = asyncio.create_task(read_then_cancel(turns))
+            await backend.apublish(channel, b"%d" % turns)
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(reader, TIMEOUT)
+            await receiver.reconnect()

@@ -63,22 +63,52 @@ def test_history_of_a_stream_that_never_existed(channel: str) -> None:
 
 
 class Listener:
-    """An open receiver of a backend with a task reading it, as the hub's listener."""
+    """An open receiver of a backend with a task reading it, as the hub's listener.
+
+    :meth:`pause` makes it a slow reader: the read under way returns its batch, and
+    no other read starts until :meth:`resume`.
+    """
 
     def __init__(self, backend: Backend, receiver: Receiver) -> None:
         self.backend = backend
         self.receiver = receiver
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.reading = asyncio.Event()
+        self.reading.set()
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         while True:
+            await self.reading.wait()
             for message in await self.receiver.read():
                 self.messages.put_nowait(message)
+
+    def pause(self) -> None:
+        self.reading.clear()
+
+    def resume(self) -> None:
+        self.reading.set()
+
+    async def stop(self) -> None:
+        """Cancel the reading task (as the hub does before it reconnects)."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def restart(self) -> None:
+        """Read again, after :meth:`stop`."""
+        self.task = asyncio.create_task(self._read())
 
     async def next(self, count: int) -> list[Message]:
         """The next ``count`` messages, each within TIMEOUT."""
         return [await asyncio.wait_for(self.messages.get(), TIMEOUT) for _ in range(count)]
+
+    async def until(self, event_id: str) -> list[Message]:
+        """The messages up to and including the one of ``event_id``, each within TIMEOUT."""
+        messages = await self.next(1)
+        while messages[-1].id != event_id:
+            messages += await self.next(1)
+        return messages
 
 
 @asynccontextmanager
@@ -91,9 +121,7 @@ async def listening(entry: dict[str, Any]) -> AsyncIterator[Listener]:
         try:
             yield listener
         finally:
-            listener.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener.task
+            await listener.stop()
             await receiver.close()
             await bc.aclose()
 

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import async_timeout as _deadline  # asyncio's or async-timeout's
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -124,12 +125,16 @@ class _RedisBase(Backend):
         return re.sub(r"\s", "_", f"django_broadcast:{role}:{self.prefix}")
 
     def make_connection(self, role: str) -> AbstractConnection:
-        """A new, unconnected asyncio connection for a receiver; never auto-retried."""
+        """A new, unconnected asyncio connection for a receiver; never auto-retried.
+
+        Its socket has no read or write timeout: a receiver bounds each exchange
+        itself (see :class:`_Connection`).
+        """
         pool = redis.asyncio.ConnectionPool.from_url(
             self.url,
             client_name=self.connection_name(role),
             retry=AsyncRetry(NoBackoff(), 0),
-            **self._client_kwargs(),
+            **{**self._client_kwargs(), "socket_timeout": None},
         )
         return pool.make_connection()
 
@@ -177,10 +182,12 @@ class _RedisBase(Backend):
 class _Connection:
     """One dedicated connection of a receiver: connect, send, read, with clear errors.
 
-    A command not answered within TIMEOUT discards the connection (redis-py's
-    ``read_response`` without ``timeout`` disconnects and raises), so that a late
-    answer can never be read as the answer to a later command; the next
-    :meth:`command` connects again.
+    Every command and its answer must come within TIMEOUT, or the connection is
+    discarded, so that a late answer can never be read as the answer to a later
+    command; the next :meth:`command` connects again. The deadline is asyncio's
+    timeout around the whole exchange: the socket itself has none, as redis-py sends
+    through ``asyncio.wait_for`` where it has one, which before Python 3.12 can
+    swallow the cancellation of the task (the hub cancels its listener).
     """
 
     def __init__(self, backend: _RedisBase, role: str) -> None:
@@ -192,7 +199,8 @@ class _Connection:
     async def connect(self) -> AbstractConnection:
         conn = self.backend.make_connection(self.role)
         try:
-            await asyncio.wait_for(conn.connect(), self.backend.timeout)
+            async with _deadline(self.backend.timeout):
+                await conn.connect()
         except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
             await conn.disconnect()
             raise self.backend.unavailable(exc) from exc
@@ -207,13 +215,14 @@ class _Connection:
             if conn is None or not conn.is_connected:
                 conn = await self.connect()
             try:
-                await conn.send_command(*args)
-                return await conn.read_response()
+                async with _deadline(self.backend.timeout):
+                    await conn.send_command(*args)
+                    return await conn.read_response()
             except redis.ResponseError:
                 raise
             except BaseException as exc:  # cancelled too: its answer would come late
                 await self.close()
-                if isinstance(exc, _REDIS_ERRORS):
+                if isinstance(exc, (*_REDIS_ERRORS, asyncio.TimeoutError)):
                     raise self.backend.unavailable(exc) from exc
                 raise
 
@@ -288,7 +297,8 @@ class _PubSubReceiver(Receiver):
         conn = self.link.require()
         try:
             await conn.send_command("SUBSCRIBE", key)
-            await asyncio.wait_for(asyncio.shield(future), self.backend.timeout)
+            async with _deadline(self.backend.timeout):
+                await future
         except (*_REDIS_ERRORS, asyncio.TimeoutError, ConnectionLost) as exc:
             raise self.backend.unavailable(exc) from exc
         finally:
@@ -342,10 +352,11 @@ class _PubSubReceiver(Receiver):
         if self.channels:
             keys = [self.backend.key(c) for c in sorted(self.channels)]
             try:
-                await conn.send_command("SUBSCRIBE", *keys)
-                for _ in keys:  # one confirmation per channel, before any message
-                    await conn.read_response()  # TIMEOUT: raises and disconnects
-            except _REDIS_ERRORS as exc:
+                async with _deadline(self.backend.timeout):
+                    await conn.send_command("SUBSCRIBE", *keys)
+                    for _ in keys:  # one confirmation per channel, before any message
+                        await conn.read_response()
+            except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
                 await self.link.close()
                 raise self.backend.unavailable(exc) from exc
         # Pub/sub keeps nothing: whatever was published meanwhile is gone.
