@@ -210,17 +210,29 @@ class _Connection:
     async def command(self, *args: Any) -> Any:
         """Send a command and read its answer (only where nothing else reads),
         connecting first where the connection is gone."""
+        [reply] = await self.pipeline([args])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and read their answers, as :meth:`command`;
+        an error answer (``redis.ResponseError``) is returned in its place."""
         async with self.lock:
             conn = self.conn
             if conn is None or not conn.is_connected:
                 conn = await self.connect()
             try:
                 async with _deadline(self.backend.timeout):
-                    await conn.send_command(*args)
-                    return await conn.read_response()
-            except redis.ResponseError:
-                raise
-            except BaseException as exc:  # cancelled too: its answer would come late
+                    await conn.send_packed_command(conn.pack_commands(commands))
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response())
+                        except redis.ResponseError as exc:
+                            replies.append(exc)
+                return replies
+            except BaseException as exc:  # cancelled too: its answers would come late
                 await self.close()
                 if isinstance(exc, (*_REDIS_ERRORS, asyncio.TimeoutError)):
                     raise self.backend.unavailable(exc) from exc
@@ -456,22 +468,22 @@ class RedisStreamsBackend(_RedisBase):
         if since is None:
             return [("XREVRANGE", key, "+", "-", *count)]
         start = _successor(since)
-        if start is None:  # nothing comes after the largest id
-            return [("XINFO", "STREAM", key)]
-        return [("XINFO", "STREAM", key), ("XRANGE", key, start, "+", *count)]
+        read = [] if start is None else [("XRANGE", key, start, "+", *count)]
+        return [*_continuity_commands(key, since), *read]  # nothing after the largest id
 
     def _page(self, channel: str, since: str | None, replies: list[Any]) -> HistoryPage:
-        entries = replies[-1] if since is None or len(replies) > 1 else []
-        if isinstance(entries, Exception):
-            raise entries
+        # Replies: XREVRANGE; or the entry at since, XINFO, then XRANGE after it (if any).
+        entries = replies[0] if since is None else [*replies[2:], []][0]
+        for reply in (entries, *replies[:1]):
+            if isinstance(reply, Exception):  # XINFO's error says the stream is missing
+                raise reply
         messages = [
             Message(channel, _text(entry_id), _payload(fields)) for entry_id, fields in entries
         ]
         if since is None:
             messages.reverse()
             return HistoryPage(messages)
-        info = replies[0]
-        return HistoryPage(messages, gap=_lost_after(info, self.id_key(since)))
+        return HistoryPage(messages, gap=_gap(since, replies[0], replies[1]) is not None)
 
     def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """Read the stream with ``XREVRANGE``, or ``XRANGE`` after ``since``."""
@@ -508,30 +520,48 @@ def _info(reply: Any) -> dict[str, Any] | None:
     return {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
 
 
-def _lost_after(info_reply: Any, position: tuple[int, int]) -> bool:
-    """Whether entries after ``position`` may have been trimmed, deleted or lost.
+def _continuity_commands(key: str, position: str) -> list[tuple[Any, ...]]:
+    """The commands whose replies :func:`_gap` reads: the entry at ``position`` and
+    ``XINFO STREAM``."""
+    return [("XRANGE", key, position, position), ("XINFO", "STREAM", key)]
 
-    Trimming removes the oldest entries first, so while the oldest entry left is at
-    or before ``position`` nothing after it is gone. Once the oldest entry left is
-    after ``position`` and the stream has lost entries, some may have been after
-    ``position`` (Redis does not record trimmed ids), so the answer is yes.
+
+def _gap(position: str, entry: Any, info_reply: Any) -> str | None:
+    """Why the stream's continuity after ``position`` cannot be proven, or None.
+
+    ``entry`` is the reply of ``XRANGE key position position`` and ``info_reply``
+    that of ``XINFO STREAM`` (Redis 7 or later). From a position other than the
+    origin, continuity is proven only while the entry at the position still exists
+    (so this is the stream it was read from) and nothing after it was deleted
+    (``max-deleted-entry-id``); from the origin, only while the stream has never
+    lost an entry (``entries-added`` equals ``length``), or does not exist. Redis does
+    not record which entries were trimmed, so nothing finer can be proven.
+
+    The reason is ``"trimmed"`` where the stream is the same but has lost its oldest
+    entries up to and past ``position`` (a slow reader, a long disconnection), and
+    ``"reset"`` otherwise: the stream was deleted (a restart without persistence, a
+    DEL, an eviction) and perhaps made anew, or entries after ``position`` were
+    deleted.
     """
     info = _info(info_reply)
+    at = _parse_id(position)
     if info is None:
-        return position > (0, 0)
-    last = _parse_id(_text(info["last-generated-id"]))
-    if last < position:
-        return True  # the stream was deleted and made anew
-    deleted = info.get("max-deleted-entry-id")
-    if deleted is not None and _parse_id(_text(deleted)) > position:
-        return True  # XDEL
+        return None if position == _ORIGIN else "reset"
+    deleted = _parse_id(_text(info.get("max-deleted-entry-id", _ORIGIN)))
+    if position == _ORIGIN:
+        if info.get("entries-added") == info.get("length"):
+            return None
+    elif entry and deleted <= at:
+        return None
+    if deleted >= at and deleted != (0, 0):
+        return "reset"  # entries at or after the position were deleted
+    if _parse_id(_text(info["last-generated-id"])) < at:
+        return "reset"  # made anew: every id is older than the position
+    first = info.get("first-entry")
     added, length = info.get("entries-added"), info.get("length")
-    if added is not None and added == length:
-        return False  # nothing was ever removed
-    first_entry = info.get("first-entry")
-    if not first_entry:
-        return last > position  # everything was removed
-    return _parse_id(_text(first_entry[0])) > position
+    if added != length and (not first or _parse_id(_text(first[0])) > at):
+        return "trimmed"
+    return "reset"
 
 
 class _StreamsReceiver(Receiver):
@@ -539,14 +569,18 @@ class _StreamsReceiver(Receiver):
 
     Subscribing records the stream's last id as the position (so whatever is
     published after ``subscribe`` returns is read) and, with ``CLIENT UNBLOCK`` from
-    a second connection, makes the reader issue its ``XREAD`` again with the new set.
+    a second, control connection, makes the reader issue its ``XREAD`` again with the
+    new set. After each batch, one round trip on the control connection proves that
+    the previous position of every channel in the batch still exists (see
+    :func:`_gap`); a channel where it does not gets a gap message before its messages.
     """
 
     def __init__(self, backend: RedisStreamsBackend) -> None:
         self.backend = backend
         self.link = _Connection(backend, "streams")
-        self.control = _Connection(backend, "control")
+        self.control = _Connection(backend, "control")  # connects on its first command
         self.positions: dict[str, str] = {}  # channel -> last id read
+        self.reported: set[str] = set()  # channels whose gap reconnect() reported
         self.reader_id: int | None = None
         self.generation = 0  # bumped on every change of the channel set
         self.sent_generation = 0  # generation of the XREAD in flight
@@ -556,7 +590,6 @@ class _StreamsReceiver(Receiver):
     async def open(self) -> None:
         await self.link.connect()
         self.reader_id = await self.link.command("CLIENT", "ID")
-        await self.control.connect()
 
     async def _xinfo(self, channel: str) -> Any:
         """``XINFO STREAM`` of ``channel``, or None where the stream does not exist."""
@@ -569,6 +602,7 @@ class _StreamsReceiver(Receiver):
         info = _info(await self._xinfo(channel))
         position = _ORIGIN if info is None else _text(info["last-generated-id"])
         self.positions[channel] = position
+        self.reported.discard(channel)
         await self._wake()
         return position
 
@@ -614,35 +648,91 @@ class _StreamsReceiver(Receiver):
                 self.blocked = False
             if not reply:  # unblocked: the channel set changed
                 continue
-            messages = self._messages(reply)
+            batch = self._batch(reply)
+            try:
+                gaps = await self._gaps(batch)
+            except BroadcastUnavailable as exc:
+                # The positions have not moved: reconnect() resumes from them.
+                raise ConnectionLost(str(exc)) from exc
+            messages = self._messages(batch, gaps)
             if messages:
                 return messages
 
-    def _messages(self, reply: Any) -> list[Message]:
+    def _batch(self, reply: Any) -> list[tuple[str, str, Any]]:
+        """``(channel, previous position, entries)`` of each subscribed channel."""
         prefix_length = len(self.backend.prefix)
-        messages: list[Message] = []
+        batch = []
         for key, entries in reply:
             channel = key[prefix_length:].decode()
-            if channel not in self.positions:
-                continue  # unsubscribed while the XREAD was in flight
+            position = self.positions.get(channel)
+            if position is not None and entries:  # else unsubscribed meanwhile
+                batch.append((channel, position, entries))
+        return batch
+
+    async def _gaps(self, batch: list[tuple[str, str, Any]]) -> dict[str, str]:
+        """The gap reason of each channel of ``batch`` whose continuity after its
+        previous position cannot be proven: one round trip, and one more for the
+        channels whose previous entry is gone, to say why."""
+        checked = [(c, p) for c, p, _ in batch if c not in self.reported]
+        if not checked:
+            return {}
+        key = self.backend.key
+        replies = await self.control.pipeline(
+            [
+                ("XINFO", "STREAM", key(c)) if p == _ORIGIN else ("XRANGE", key(c), p, p)
+                for c, p in checked
+            ]
+        )
+        gaps: dict[str, str] = {}
+        missing: list[tuple[str, str]] = []
+        for (channel, position), reply in zip(checked, replies, strict=True):
+            if position != _ORIGIN:
+                if not reply:
+                    missing.append((channel, position))
+            elif reason := _gap(position, None, reply):
+                gaps[channel] = reason
+        if missing:
+            infos = await self.control.pipeline([("XINFO", "STREAM", key(c)) for c, _ in missing])
+            for (channel, position), info in zip(missing, infos, strict=True):
+                gaps[channel] = _gap(position, None, info) or "reset"
+        return gaps
+
+    def _messages(self, batch: list[tuple[str, str, Any]], gaps: dict[str, str]) -> list[Message]:
+        messages: list[Message] = []
+        for channel, previous, entries in batch:
+            if self.positions.get(channel) != previous:
+                continue  # unsubscribed (or subscribed anew) while the batch was checked
+            self.reported.discard(channel)
+            reason = gaps.get(channel)
+            if reason is not None:
+                messages.append(Message(channel, "", b"", gap=reason))
             for entry_id, fields in entries:
-                event_id = entry_id.decode()
-                messages.append(Message(channel, event_id, fields[1]))
-            self.positions[channel] = event_id
+                messages.append(Message(channel, entry_id.decode(), fields[1]))
+            self.positions[channel] = entries[-1][0].decode()
         return messages
 
     async def reconnect(self) -> set[str]:
         await self.close()
         await self.open()
+        self.reported.clear()
+        positions = list(self.positions.items())
+        if not positions:
+            return set()
+        key = self.backend.key
+        replies = await self.control.pipeline(
+            [command for c, p in positions for command in _continuity_commands(key(c), p)]
+        )
         lost: set[str] = set()
-        for channel, position in list(self.positions.items()):
-            reply = await self._xinfo(channel)
-            if _lost_after(reply, _parse_id(position)):
-                lost.add(channel)
-                info = _info(reply)
-                last = None if info is None else _parse_id(_text(info["last-generated-id"]))
-                if last is None or last < _parse_id(position):
-                    self.positions[channel] = "0-0"  # a new stream: read all of it
+        for (channel, position), entry, info_reply in zip(
+            positions, replies[0::2], replies[1::2], strict=True
+        ):
+            if self.positions.get(channel) != position or _gap(position, entry, info_reply) is None:
+                continue
+            lost.add(channel)
+            self.reported.add(channel)  # the hub reports it: not again at the next batch
+            info = _info(info_reply)
+            if info is None or _parse_id(_text(info["last-generated-id"])) < _parse_id(position):
+                self.positions[channel] = _ORIGIN  # a new stream: read all of it
         return lost
 
     async def close(self) -> None:
