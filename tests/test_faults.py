@@ -13,8 +13,10 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio
 
 from django_broadcast import BroadcastUnavailable
+from django_broadcast.backends.redis import RedisBackend
 
 from .conftest import PrivateRedis
 from .test_redis import TIMEOUT, listening
@@ -127,3 +129,62 @@ async def test_a_reading_receiver_can_be_cancelled_at_any_moment(
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(reader, TIMEOUT)
             await receiver.reconnect()
+
+
+@contextlib.contextmanager
+def frozen(server: PrivateRedis) -> Iterator[None]:
+    """Freeze ``server`` for the block; thaw it even where the block fails."""
+    server.freeze()
+    try:
+        yield
+    finally:
+        server.thaw()
+
+
+async def test_a_subscribe_that_timed_out_is_unsubscribed_at_the_broker(
+    private_redis: PrivateRedis, channel: str
+) -> None:
+    async with listening(entry(private_redis, "redis")) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        assert isinstance(backend, RedisBackend)
+        with frozen(private_redis), pytest.raises(BroadcastUnavailable, match="TIMEOUT"):
+            await receiver.subscribe(channel)  # SUBSCRIBE sent, confirmed too late
+        # The broker has run everything sent before this SUBSCRIBE once it confirms it.
+        await receiver.subscribe(f"{channel}.marker")
+        client = redis.asyncio.Redis.from_url(private_redis.url)
+        try:
+            [(_, subscribers)] = await client.pubsub_numsub(backend.key(channel))
+        finally:
+            await client.aclose()
+        assert subscribers == 0
+        # Subscribed again, it waits for its own confirmation, not the late one.
+        await receiver.subscribe(channel)
+        sent = await backend.apublish(channel, b"again")
+        [message] = await listener.next(1)
+    assert (message.channel, message.id) == (channel, sent)
+
+
+async def test_a_streams_subscribe_that_failed_leaves_no_position(
+    private_redis: PrivateRedis, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = f"{channel}.marker"
+    async with listening(entry(private_redis, "redis+streams")) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        await receiver.subscribe(marker)  # the reader now waits in XREAD
+        xinfo = receiver._xinfo  # type: ignore[attr-defined]
+
+        async def xinfo_then_freeze(channel: str) -> object:
+            reply = await xinfo(channel)
+            private_redis.freeze()  # CLIENT UNBLOCK will not be answered in time
+            return reply
+
+        monkeypatch.setattr(receiver, "_xinfo", xinfo_then_freeze)
+        try:
+            with pytest.raises(BroadcastUnavailable, match="TIMEOUT"):
+                await receiver.subscribe(channel)
+        finally:
+            private_redis.thaw()
+        await backend.apublish(channel, b"not subscribed")
+        sent = await backend.apublish(marker, b"marker")
+        [message] = await listener.next(1)
+    assert (message.channel, message.id) == (marker, sent)

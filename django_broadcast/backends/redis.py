@@ -290,14 +290,19 @@ class _PubSubReceiver(Receiver):
     """One SUBSCRIBE connection; :meth:`read` is its only reader.
 
     ``subscribe`` sends the command and waits for the confirmation, which the
-    listener's ``read`` hands over through a future.
+    listener's ``read`` hands over through a future. A SUBSCRIBE not confirmed within
+    TIMEOUT is followed by an UNSUBSCRIBE, so that the channel is not left subscribed
+    at the broker when the SUBSCRIBE runs late; as its confirmation may still come,
+    the confirmations of each channel are counted, and a later subscribe waits for
+    its own.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self.link = _Connection(backend, "pubsub")
         self.channels: set[str] = set()
-        self.pending: dict[bytes, asyncio.Future[None]] = {}
+        self.unconfirmed: dict[bytes, int] = {}  # key -> SUBSCRIBEs not yet confirmed
+        self.pending: dict[bytes, tuple[list[int], asyncio.Future[None]]] = {}
 
     async def open(self) -> None:
         await self.link.connect()
@@ -305,17 +310,30 @@ class _PubSubReceiver(Receiver):
     async def subscribe(self, channel: str) -> None:
         key = self.backend.key(channel).encode()
         future = asyncio.get_running_loop().create_future()
-        self.pending[key] = future
-        conn = self.link.require()
         try:
+            conn = self.link.require()
+            ahead = self.unconfirmed[key] = self.unconfirmed.get(key, 0) + 1
+            self.pending[key] = ([ahead], future)  # confirmations to wait for
             await conn.send_command("SUBSCRIBE", key)
             async with _deadline(self.backend.timeout):
                 await future
-        except (*_REDIS_ERRORS, asyncio.TimeoutError, ConnectionLost) as exc:
-            raise self.backend.unavailable(exc) from exc
+        except BaseException as exc:
+            await self._abandon(key)
+            if isinstance(exc, (*_REDIS_ERRORS, asyncio.TimeoutError, ConnectionLost)):
+                raise self.backend.unavailable(exc) from exc
+            raise
         finally:
             self.pending.pop(key, None)
         self.channels.add(channel)
+
+    async def _abandon(self, key: bytes) -> None:
+        """UNSUBSCRIBE, best effort, a channel whose SUBSCRIBE may yet run."""
+        conn = self.link.conn
+        if conn is None or not conn.is_connected:
+            return  # the broker drops the subscriptions of a closed connection
+        with contextlib.suppress(Exception):
+            async with _deadline(self.backend.timeout):
+                await conn.send_command("UNSUBSCRIBE", key)
 
     async def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
@@ -349,17 +367,27 @@ class _PubSubReceiver(Receiver):
             channel = reply[1][prefix_length:].decode()
             messages.append(Message(channel, event_id.decode(), payload))
         elif kind == b"subscribe":
-            future = self.pending.get(reply[1])
-            if future is not None and not future.done():
-                future.set_result(None)
+            key = reply[1]
+            left = self.unconfirmed.get(key, 0) - 1
+            if left > 0:
+                self.unconfirmed[key] = left
+            else:
+                self.unconfirmed.pop(key, None)
+            pending = self.pending.get(key)
+            if pending is not None:
+                ahead, future = pending
+                ahead[0] -= 1
+                if ahead[0] == 0 and not future.done():
+                    future.set_result(None)
 
     def _fail_pending(self, exc: BaseException) -> None:
-        for future in self.pending.values():
+        for _, future in self.pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost(str(exc)))
 
     async def reconnect(self) -> set[str]:
         await self.link.close()
+        self.unconfirmed.clear()  # counted per connection
         conn = await self.link.connect()
         if self.channels:
             keys = [self.backend.key(c) for c in sorted(self.channels)]
@@ -603,7 +631,12 @@ class _StreamsReceiver(Receiver):
         position = _ORIGIN if info is None else _text(info["last-generated-id"])
         self.positions[channel] = position
         self.reported.discard(channel)
-        await self._wake()
+        try:
+            await self._wake()
+        except BaseException:
+            if self.positions.get(channel) == position:
+                del self.positions[channel]  # leave nothing behind: the hub holds no channel
+            raise
         return position
 
     async def unsubscribe(self, channel: str) -> None:
