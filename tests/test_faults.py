@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio
 
-from django_broadcast import BroadcastUnavailable
+from django_broadcast import Broadcast, BroadcastUnavailable, Event
 from django_broadcast.backends.redis import RedisBackend
 
-from .conftest import PrivateRedis
+from .conftest import PrivateRedis, using
 from .test_redis import TIMEOUT, listening
 
 #: The TIMEOUT of the aliases here: small, so that the faults show quickly.
@@ -188,3 +189,53 @@ async def test_a_streams_subscribe_that_failed_leaves_no_position(
         sent = await backend.apublish(marker, b"marker")
         [message] = await listener.next(1)
     assert (message.channel, message.id) == (marker, sent)
+
+
+KINDS = ["redis", "redis+streams"]
+
+
+def publishes(bc: Broadcast, channel: str, data: object) -> list[Callable[[], Awaitable[Event]]]:
+    """A publish from sync code (in a thread, as a view runs) and one from async code."""
+    return [
+        lambda: asyncio.to_thread(bc.publish, channel, data, on_commit=False),  # type: ignore[arg-type]
+        lambda: bc.apublish(channel, data),
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_refused_publish_was_not_sent(
+    private_redis: PrivateRedis, channel: str, kind: str
+) -> None:
+    with using(entry(private_redis, kind)) as bc:
+        for publish in publishes(bc, channel, "pooled"):
+            await publish()  # each path now holds a pooled connection, soon stale
+        private_redis.kill()
+        for publish in publishes(bc, channel, "refused"):
+            with pytest.raises(BroadcastUnavailable, match="not sent") as info:
+                await asyncio.wait_for(publish(), TIMEOUT)
+            assert info.value.maybe_sent is False
+        await bc.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_publish_to_a_frozen_broker_may_have_been_sent(
+    private_redis: PrivateRedis, channel: str, kind: str
+) -> None:
+    with using(entry(private_redis, kind)) as bc:
+        for publish in publishes(bc, channel, "pooled"):
+            await publish()
+        with frozen(private_redis):
+            for publish in publishes(bc, channel, "frozen"):
+                started = time.monotonic()
+                with pytest.raises(BroadcastUnavailable, match="may still") as info:
+                    await asyncio.wait_for(publish(), TIMEOUT)
+                assert info.value.maybe_sent is True
+                assert time.monotonic() - started < SHORT + 0.5
+        # Once thawed, the broker runs what it was sent.
+        if kind == "redis+streams":
+            marker = await bc.apublish(channel, "marker")
+            assert [e.data for e in await bc.ahistory(channel)] == [
+                "pooled", "pooled", "frozen", "frozen", "marker"
+            ]  # fmt: skip
+            assert (await bc.ahistory(channel))[-1].id == marker.id
+        await bc.aclose()

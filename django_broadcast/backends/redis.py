@@ -30,6 +30,7 @@ import itertools
 import math
 import re
 import secrets
+import select
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -109,14 +110,18 @@ class _RedisBase(Backend):
         return client
 
     def async_client(self) -> redis.asyncio.Redis:
-        """The running event loop's asyncio client."""
+        """The running event loop's asyncio client.
+
+        Its sockets have no read or write timeout: each exchange is bounded by
+        ``_deadline`` instead (see :class:`_Connection` for why).
+        """
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
             client = self._async[loop] = redis.asyncio.Redis.from_url(
                 self.url,
                 retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                **self._client_kwargs(),
+                **{**self._client_kwargs(), "socket_timeout": None},
             )
         return client
 
@@ -138,12 +143,96 @@ class _RedisBase(Backend):
         )
         return pool.make_connection()
 
-    def unavailable(self, exc: BaseException) -> BroadcastUnavailable:
-        """The error raised when the broker cannot be reached or does not answer."""
+    def unavailable(self, exc: BaseException, *, maybe_sent: bool = False) -> BroadcastUnavailable:
+        """The error raised when the broker cannot be reached or does not answer;
+        ``maybe_sent`` says whether it may have got the command (see
+        :meth:`execute`)."""
+        what = (
+            "The event may still be delivered: the broker got the command and may run it"
+            if maybe_sent
+            else "The event was not sent"
+        )
         return BroadcastUnavailable(
             f"Redis at {self._safe_url} did not answer within {self.timeout} s "
-            f"(TIMEOUT): {exc}. Check that the server runs and the URL is right."
+            f"(TIMEOUT): {str(exc).rstrip('.') or type(exc).__name__}. {what}. "
+            f"Check that the server runs and the URL is right.",
+            maybe_sent=maybe_sent,
         )
+
+    def execute(self, *args: Any) -> Any:
+        """Run one command from sync code on a pooled connection and return its reply.
+
+        Raise :class:`BroadcastUnavailable` where the broker cannot be reached or does
+        not answer within TIMEOUT, with ``maybe_sent`` False where the command was
+        certainly not run (no connection, or it broke before the whole command was
+        written; a pooled connection found broken so is replaced once, at once) and
+        True once it was written (the broker may run it late).
+        """
+        pool = self.sync_client.connection_pool
+        retried = False
+        while True:
+            try:
+                conn = pool.get_connection()
+            except _REDIS_ERRORS as exc:
+                raise self.unavailable(exc) from exc
+            try:
+                try:
+                    conn.send_command(*args)
+                except redis.ConnectionError as exc:
+                    conn.disconnect()
+                    if retried:
+                        raise self.unavailable(exc) from exc
+                    retried = True  # a stale connection: the command did not leave
+                    continue
+                except _REDIS_ERRORS as exc:  # part of it sent: the broker never runs it
+                    conn.disconnect()
+                    raise self.unavailable(exc) from exc
+                try:
+                    return conn.read_response()
+                except redis.BusyLoadingError as exc:  # answered: not run
+                    raise self.unavailable(exc) from exc
+                except _REDIS_ERRORS as exc:
+                    conn.disconnect()
+                    raise self.unavailable(exc, maybe_sent=True) from exc
+            finally:
+                pool.release(conn)
+
+    async def aexecute(self, *args: Any) -> Any:
+        """:meth:`execute` from async code, on the running loop's pool.
+
+        A command whose sending was cut short by the deadline may still be written
+        (asyncio flushes what it buffered when the connection closes): it counts as
+        maybe sent.
+        """
+        pool = self.async_client().connection_pool
+        retried = False
+        while True:
+            try:
+                async with _deadline(self.timeout):
+                    conn = await pool.get_connection()
+                    if _peer_closed(conn):  # a stale pooled connection
+                        await conn.disconnect()
+                        await conn.connect()
+            except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
+                raise self.unavailable(exc) from exc
+            try:
+                async with _deadline(self.timeout):
+                    try:
+                        await conn.send_command(*args)
+                    except redis.ConnectionError as exc:
+                        await conn.disconnect()
+                        if retried:
+                            raise self.unavailable(exc) from exc
+                        retried = True  # a stale connection: the command did not leave
+                        continue
+                    return await conn.read_response()
+            except redis.BusyLoadingError as exc:  # answered: not run
+                raise self.unavailable(exc) from exc
+            except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
+                await conn.disconnect()
+                raise self.unavailable(exc, maybe_sent=True) from exc
+            finally:
+                await pool.release(conn)
 
     def call(self, func: Callable[[], T]) -> T:
         """Run a sync Redis call, translating connection failures."""
@@ -153,10 +242,11 @@ class _RedisBase(Backend):
             raise self.unavailable(exc) from exc
 
     async def acall(self, awaitable: Awaitable[T]) -> T:
-        """Await a Redis call, translating connection failures."""
+        """Await a Redis call within TIMEOUT, translating connection failures."""
         try:
-            return await awaitable
-        except _REDIS_ERRORS as exc:
+            async with _deadline(self.timeout):
+                return await awaitable
+        except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
             raise self.unavailable(exc) from exc
 
     def key(self, channel: str) -> str:
@@ -177,6 +267,18 @@ class _RedisBase(Backend):
         if client is not None:
             await client.aclose()
         self.close()
+
+
+def _peer_closed(conn: AbstractConnection) -> bool:
+    """Whether the broker closed ``conn`` (or sent it something unasked), as its socket
+    says: the pool's own check asks asyncio, which may not have polled it yet, and a
+    command written to a closed connection would fail as if the broker had got it."""
+    writer = getattr(conn, "_writer", None)
+    sock = None if writer is None else writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 class _Connection:
@@ -270,15 +372,13 @@ class RedisBackend(_RedisBase):
     def publish(self, channel: str, payload: bytes) -> str:
         """``PUBLISH`` on the process's pooled sync connection."""
         event_id, frame = self._frame(payload)
-        client = self.sync_client
-        self.call(lambda: client.execute_command("PUBLISH", self.prefix + channel, frame))
+        self.execute("PUBLISH", self.prefix + channel, frame)
         return event_id
 
     async def apublish(self, channel: str, payload: bytes) -> str:
         """``PUBLISH`` on the running loop's asyncio client."""
         event_id, frame = self._frame(payload)
-        client = self.async_client()
-        await self.acall(client.execute_command("PUBLISH", self.prefix + channel, frame))
+        await self.aexecute("PUBLISH", self.prefix + channel, frame)
         return event_id
 
     def receiver(self) -> Receiver:
@@ -472,14 +572,11 @@ class RedisStreamsBackend(_RedisBase):
 
     def publish(self, channel: str, payload: bytes) -> str:
         """``XADD`` on the process's pooled sync connection; return the stream id."""
-        client = self.sync_client
-        command = self._xadd(channel, payload)
-        return _text(self.call(lambda: client.execute_command(*command)))
+        return _text(self.execute(*self._xadd(channel, payload)))
 
     async def apublish(self, channel: str, payload: bytes) -> str:
         """``XADD`` on the running loop's asyncio client; return the stream id."""
-        client = self.async_client()
-        return _text(await self.acall(client.execute_command(*self._xadd(channel, payload))))
+        return _text(await self.aexecute(*self._xadd(channel, payload)))
 
     def id_key(self, event_id: str) -> tuple[int, int]:
         """Stream ids sort as ``(milliseconds, sequence)``, each an unsigned 64-bit
