@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio
 
-from django_broadcast import Broadcast, BroadcastUnavailable, Event
+from django_broadcast import Broadcast, BroadcastUnavailable, Event, Subscription
 from django_broadcast.backends.redis import RedisBackend
 
 from .conftest import PrivateRedis, using
@@ -239,3 +239,161 @@ async def test_a_publish_to_a_frozen_broker_may_have_been_sent(
             ]  # fmt: skip
             assert (await bc.ahistory(channel))[-1].id == marker.id
         await bc.aclose()
+
+
+# The fault matrix, at the Python API level ---------------------------------------------
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]]) -> None:
+    """Wait, at most TIMEOUT seconds, until the async ``predicate`` holds."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def broker_state(server: PrivateRedis, *channels: str) -> tuple[list[int], int]:
+    """How many subscribers each of ``channels`` has at the broker (with the default
+    key prefix), and how many receiving connections of this library it holds."""
+    client = redis.asyncio.Redis.from_url(server.url)
+    try:
+        counts = await client.pubsub_numsub(*(f"broadcast:{c}" for c in channels))
+        names = [c.get("name", "") for c in await client.client_list()]
+    finally:
+        await client.aclose()
+    return [count for _, count in counts], sum(n.startswith("django_broadcast:") for n in names)
+
+
+def nothing_left(server: PrivateRedis, *channels: str) -> Callable[[], Awaitable[bool]]:
+    """A predicate: the broker holds nothing of this library for ``channels``."""
+
+    async def check() -> bool:
+        return await broker_state(server, *channels) == ([0] * len(channels), 0)
+
+    return check
+
+
+async def receive_until(sub: Subscription, data: object, log: list[tuple[float, Event]]) -> None:
+    """Receive into ``log`` (with the time of receipt) up to the event with ``data``."""
+    while not log or log[-1][1].data != data:
+        event = await sub.get(timeout=TIMEOUT)
+        log.append((time.monotonic(), event))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_crash_and_restart_mid_stream(
+    private_redis: PrivateRedis, channel: str, kind: str
+) -> None:
+    """kill -9 and restart (with its data) while a publisher keeps publishing: streams
+    deliver every acknowledged event exactly once, in order; pub/sub says it lost some
+    with a gap notice, then delivers live events."""
+    with using(entry(private_redis, kind, TIMEOUT=1, RECONNECT_TIMEOUT=TIMEOUT)) as bc:
+        acknowledged: list[Event] = []
+        refused: list[BroadcastUnavailable] = []
+        down, restarted = asyncio.Event(), asyncio.Event()
+
+        async def publish_on() -> None:
+            n = since_restart = 0
+            while since_restart < 20:
+                n += 1
+                try:
+                    acknowledged.append(await bc.apublish(channel, n))
+                except BroadcastUnavailable as exc:  # not acknowledged
+                    refused.append(exc)
+                    if len(refused) == 5:
+                        down.set()
+                    continue
+                finally:
+                    await asyncio.sleep(0.005)
+                since_restart += restarted.is_set()
+            acknowledged.append(await bc.apublish(channel, "end"))
+
+        log: list[tuple[float, Event]] = []
+        async with bc.subscribe(channel) as sub:
+            publisher = asyncio.create_task(publish_on())
+            while len(log) < 10:
+                log.append((time.monotonic(), await sub.get(timeout=TIMEOUT)))
+            killed = time.monotonic()
+            private_redis.kill()
+            await asyncio.wait_for(down.wait(), TIMEOUT)  # the publisher keeps trying
+            await asyncio.to_thread(private_redis.start)  # with the data it had
+            up = time.monotonic()
+            restarted.set()
+            await receive_until(sub, "end", log)
+            await asyncio.wait_for(publisher, TIMEOUT)
+        await bc.aclose()
+        received = [event for _, event in log]
+        backend = bc.backend
+    gaps = [i for i, event in enumerate(received) if event.is_gap]
+    events = [event for event in received if not event.is_gap]
+    ids = [event.id for event in events]
+    lost = [event.data for event in acknowledged if event.id not in ids]
+    resumed = min(t for t, event in log if t > up) - up
+    print(f"\n{kind}: {len(acknowledged)} acknowledged, {len(refused)} refused, "
+          f"{len(lost)} acknowledged lost {lost}, down {up - killed:.2f} s, "
+          f"resumed {resumed:.2f} s after the restart")  # fmt: skip
+    assert len(set(ids)) == len(ids)  # nothing twice
+    assert events[-1].data == "end"
+    if kind == "redis+streams":
+        assert gaps == [] and lost == []
+        assert ids == sorted(ids, key=backend.id_key)  # in order
+    else:
+        [gap] = gaps
+        assert received[gap].data == {"reason": "reconnect"}
+        numbers = [e.data for e in events[:-1]]
+        assert numbers == sorted(numbers)  # in order, per publisher
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_broker_frozen_past_the_timeout(
+    private_redis: PrivateRedis, channel: str, kind: str
+) -> None:
+    """Publishes and new subscriptions fail within TIMEOUT; subscribers wait, then
+    resume once it thaws, with whatever it was sent; nothing is left behind."""
+    late = f"{channel}.late"
+    with using(entry(private_redis, kind, RECONNECT_TIMEOUT=SHORT * 3)) as bc:
+        async with bc.subscribe(channel) as sub:
+            for publish in publishes(bc, channel, "before"):
+                sent = await publish()
+                assert (await sub.get(timeout=TIMEOUT)).id == sent.id
+            with frozen(private_redis):
+                for attempt in [
+                    *publishes(bc, channel, "frozen"),
+                    lambda: bc.subscribe(late).__aenter__(),
+                ]:
+                    started = time.monotonic()
+                    with pytest.raises(BroadcastUnavailable, match="TIMEOUT"):
+                        await asyncio.wait_for(attempt(), TIMEOUT)
+                    assert time.monotonic() - started < SHORT + 0.5
+            await bc.apublish(channel, "after")
+            log: list[tuple[float, Event]] = []
+            await receive_until(sub, "after", log)
+            # The broker ran, late, both publishes it had got.
+            assert [event.data for _, event in log] == ["frozen", "frozen", "after"]
+            subscribers, _ = await broker_state(private_redis, late)
+            assert subscribers == [0]
+        await eventually(nothing_left(private_redis, channel, late))
+        await bc.aclose()
+
+
+@pytest.mark.parametrize("state", ["killed", "frozen"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_subscriber_that_starts_while_the_broker_is_down_fails_fast(
+    private_redis: PrivateRedis, channel: str, kind: str, state: str
+) -> None:
+    with using(entry(private_redis, kind)) as bc:
+        if state == "killed":
+            private_redis.kill()
+        else:
+            private_redis.freeze()
+        try:
+            started = time.monotonic()
+            with pytest.raises(BroadcastUnavailable, match="TIMEOUT"):
+                await asyncio.wait_for(bc.subscribe(channel).__aenter__(), TIMEOUT)
+            assert time.monotonic() - started < SHORT + 0.5
+        finally:
+            if state == "frozen":
+                private_redis.thaw()
+        await bc.aclose()
+    if state == "frozen":
+        await eventually(nothing_left(private_redis, channel))
