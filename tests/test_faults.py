@@ -72,9 +72,7 @@ async def test_a_slow_resubscribe_fails_the_reconnect(
     async with listening(entry(private_redis, "redis")) as listener:
         backend, receiver = listener.backend, listener.receiver
         await receiver.subscribe(channel)
-        listener.task.cancel()  # the hub reconnects once its read has failed
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener.task
+        await listener.stop()  # the hub reconnects once its read has failed
         # The server falls asleep once connected, before it confirms the SUBSCRIBE.
         link = receiver.link  # type: ignore[attr-defined]
         connect = link.connect
@@ -90,7 +88,7 @@ async def test_a_slow_resubscribe_fails_the_reconnect(
                 await receiver.reconnect()
         monkeypatch.undo()
         assert await receiver.reconnect() == {channel}
-        listener.task = asyncio.create_task(listener._read())
+        listener.restart()
         sent = await backend.apublish(channel, b"after")
         [message] = await listener.next(1)
     assert (message.channel, message.id, message.payload) == (channel, sent, b"after")
@@ -342,6 +340,27 @@ async def test_a_crash_and_restart_mid_stream(
         assert received[gap].data == {"reason": "reconnect"}
         numbers = [e.data for e in events[:-1]]
         assert numbers == sorted(numbers)  # in order, per publisher
+
+
+async def test_a_restart_without_its_data_is_a_gap_on_streams(
+    private_redis: PrivateRedis, channel: str
+) -> None:
+    """The stream is made anew with ids after the old position: only the missing
+    entry at that position tells that the events in between are gone."""
+    with using(entry(private_redis, "redis+streams", TIMEOUT=1)) as bc:
+        async with bc.subscribe(channel) as sub:
+            before = await bc.apublish(channel, "before")
+            assert (await sub.get(timeout=TIMEOUT)).id == before.id
+            # Both before the hub can reconnect: the event loop waits meanwhile.
+            private_redis.restart(persist=False)
+            after = bc.publish(channel, "after", on_commit=False)
+            assert after is not None
+            notice = await sub.get(timeout=TIMEOUT)
+            assert notice.is_gap and notice.data["reason"] == "reconnect"
+            assert (await sub.get(timeout=TIMEOUT)).id == after.id
+        [notice, event] = await bc.ahistory(channel, since=before.id)
+        assert notice.is_gap and event.id == after.id
+        await bc.aclose()
 
 
 @pytest.mark.parametrize("kind", KINDS)
