@@ -3,8 +3,19 @@
 Events never leave the process, so it suits development and tests; with
 ``DEBUG=False`` a system check warns that it cannot cross processes. A publish from
 any thread (a WSGI worker, a sync view run by ``sync_to_async``) reaches subscribers
-on every event loop of the process. Each channel keeps a ring buffer of its latest
-events (``OPTIONS["history"]``, default 1000), so ``since`` and ``history()`` work.
+on every event loop of the process.
+
+What it guarantees: a publish never waits and never fails for want of a broker.
+Ids are decimal numbers from one counter for the whole process (so they increase
+across channels too), at most :data:`MAX_ID`. Each publish is stored and handed to
+every receiver under one lock, so every receiver sees one order per channel, and
+``subscribe`` reads the channel's position (its newest id, or ``"0"``) under the
+same lock that registers the receiver: every event after the position is received.
+Each channel keeps a ring buffer of its latest events (``OPTIONS["history"]``,
+default 1000) for ``since`` and ``history()``; a ``since`` reports a gap where the
+buffer no longer holds every event after it, or where it is newer than any id this
+process has made (it comes from before a restart, whose history is gone). Nothing
+is ever lost between publish and a subscribed receiver, so there is no reconnect.
 """
 
 from __future__ import annotations
