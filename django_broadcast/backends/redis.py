@@ -110,9 +110,9 @@ class _RedisBase(Backend):
 
     # Clients ---------------------------------------------------------------------
 
-    def _client_kwargs(self) -> dict[str, Any]:
+    def _client_kwargs(self, *, socket_timeout: float | None) -> dict[str, Any]:
         return {
-            "socket_timeout": self.timeout,
+            "socket_timeout": socket_timeout,
             "socket_connect_timeout": self.timeout,
             "socket_keepalive": True,
             "protocol": 2,
@@ -126,7 +126,7 @@ class _RedisBase(Backend):
             client = self._sync = redis.Redis.from_url(
                 self.url,
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                **self._client_kwargs(),
+                **self._client_kwargs(socket_timeout=self.timeout),
             )
         return client
 
@@ -142,7 +142,7 @@ class _RedisBase(Backend):
             client = self._async[loop] = redis.asyncio.Redis.from_url(
                 self.url,
                 retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                **{**self._client_kwargs(), "socket_timeout": None},
+                **self._client_kwargs(socket_timeout=None),
             )
         return client
 
@@ -160,24 +160,28 @@ class _RedisBase(Backend):
             self.url,
             client_name=self.connection_name(role),
             retry=AsyncRetry(NoBackoff(), 0),
-            **{**self._client_kwargs(), "socket_timeout": None},
+            **self._client_kwargs(socket_timeout=None),
         )
         return pool.make_connection()
 
-    def unavailable(self, exc: BaseException, *, maybe_sent: bool = False) -> BroadcastUnavailable:
-        """The error raised when the broker cannot be reached or does not answer;
-        ``maybe_sent`` says whether it may have got the command (see
-        :meth:`execute`)."""
-        what = (
-            "The event may still be delivered: the broker got the command and may run it"
-            if maybe_sent
-            else "The event was not sent"
-        )
+    def unavailable(
+        self, exc: BaseException, *, maybe_sent: bool | None = None
+    ) -> BroadcastUnavailable:
+        """The error raised when the broker cannot be reached or does not answer.
+
+        For a publish, ``maybe_sent`` says whether the broker may have got the event
+        (see :meth:`execute`); None for anything else.
+        """
+        what = {
+            None: "",
+            False: " The event was not sent.",
+            True: " The event may still be delivered: the broker got it and may run it.",
+        }[maybe_sent]
         return BroadcastUnavailable(
             f"Redis at {self._safe_url} did not answer within {self.timeout} s "
-            f"(TIMEOUT): {str(exc).rstrip('.') or type(exc).__name__}. {what}. "
+            f"(TIMEOUT): {str(exc).rstrip('.') or type(exc).__name__}.{what} "
             f"Check that the server runs and the URL is right.",
-            maybe_sent=maybe_sent,
+            maybe_sent=bool(maybe_sent),
         )
 
     def execute(self, *args: Any) -> Any:
@@ -195,23 +199,23 @@ class _RedisBase(Backend):
             try:
                 conn = pool.get_connection()
             except _REDIS_ERRORS as exc:
-                raise self.unavailable(exc) from exc
+                raise self.unavailable(exc, maybe_sent=False) from exc
             try:
                 try:
                     conn.send_command(*args)
                 except redis.ConnectionError as exc:
                     conn.disconnect()
                     if retried:
-                        raise self.unavailable(exc) from exc
+                        raise self.unavailable(exc, maybe_sent=False) from exc
                     retried = True  # a stale connection: the command did not leave
                     continue
                 except _REDIS_ERRORS as exc:  # part of it sent: the broker never runs it
                     conn.disconnect()
-                    raise self.unavailable(exc) from exc
+                    raise self.unavailable(exc, maybe_sent=False) from exc
                 try:
                     return conn.read_response()
                 except redis.BusyLoadingError as exc:  # answered: not run
-                    raise self.unavailable(exc) from exc
+                    raise self.unavailable(exc, maybe_sent=False) from exc
                 except _REDIS_ERRORS as exc:
                     conn.disconnect()
                     raise self.unavailable(exc, maybe_sent=True) from exc
@@ -235,7 +239,7 @@ class _RedisBase(Backend):
                         await conn.disconnect()
                         await conn.connect()
             except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
-                raise self.unavailable(exc) from exc
+                raise self.unavailable(exc, maybe_sent=False) from exc
             try:
                 async with _deadline(self.timeout):
                     try:
@@ -243,12 +247,12 @@ class _RedisBase(Backend):
                     except redis.ConnectionError as exc:
                         await conn.disconnect()
                         if retried:
-                            raise self.unavailable(exc) from exc
+                            raise self.unavailable(exc, maybe_sent=False) from exc
                         retried = True  # a stale connection: the command did not leave
                         continue
                     return await conn.read_response()
             except redis.BusyLoadingError as exc:  # answered: not run
-                raise self.unavailable(exc) from exc
+                raise self.unavailable(exc, maybe_sent=False) from exc
             except (*_REDIS_ERRORS, asyncio.TimeoutError) as exc:
                 await conn.disconnect()
                 raise self.unavailable(exc, maybe_sent=True) from exc
@@ -435,8 +439,8 @@ class _PubSubReceiver(Receiver):
             conn = self.link.require()
             ahead = self.unconfirmed[key] = self.unconfirmed.get(key, 0) + 1
             self.pending[key] = ([ahead], future)  # confirmations to wait for
-            await conn.send_command("SUBSCRIBE", key)
             async with _deadline(self.backend.timeout):
+                await conn.send_command("SUBSCRIBE", key)
                 await future
         except BaseException as exc:
             await self._abandon(key)
@@ -460,7 +464,8 @@ class _PubSubReceiver(Receiver):
         self.channels.discard(channel)
         conn = self.link.conn
         if conn is not None:
-            await conn.send_command("UNSUBSCRIBE", self.backend.key(channel))
+            async with _deadline(self.backend.timeout):
+                await conn.send_command("UNSUBSCRIBE", self.backend.key(channel))
 
     async def read(self) -> Sequence[Message]:
         conn = self.link.require()
@@ -619,10 +624,11 @@ class RedisStreamsBackend(_RedisBase):
 
     def _page(self, channel: str, since: str | None, replies: list[Any]) -> HistoryPage:
         # Replies: XREVRANGE; or the entry at since, XINFO, then XRANGE after it (if any).
-        entries = replies[0] if since is None else [*replies[2:], []][0]
-        for reply in (entries, *replies[:1]):
-            if isinstance(reply, Exception):  # XINFO's error says the stream is missing
-                raise reply
+        for index, reply in enumerate(replies):
+            if isinstance(reply, Exception) and (since is None or index != 1):
+                raise reply  # (XINFO's error says the stream is missing)
+        # (No XRANGE after the largest id: nothing follows it.)
+        entries = replies[0] if since is None else next(iter(replies[2:]), [])
         messages = [
             Message(channel, _text(entry_id), _payload(fields)) for entry_id, fields in entries
         ]
