@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -144,44 +145,109 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own, on a free port, that it may kill at will."""
+    """A redis-server of the test's own, on a free port, that it may break at will.
+
+    It persists every write (``appendfsync always``), so :meth:`restart` keeps the
+    data; ``restart(persist=False)`` brings it back empty, as a server without
+    persistence (or with its data lost) comes back. DEBUG is enabled, for
+    :meth:`debug_sleep`. :meth:`stop` (the fixture calls it) kills the server and
+    removes its data directory.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="broadcast-redis-")
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.streams_url = self.url.replace("redis://", "redis+streams://", 1)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start the server (again) on the same port and data directory."""
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
+             "--enable-debug-command", "yes"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
-        while not _reachable(self.url):
+        while not self._answers():
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"private redis-server on port {self.port} did not start")
             time.sleep(0.02)
 
+    def _answers(self) -> bool:
+        """Whether the server answers PING (it accepts connections before it has
+        loaded its data, and answers LOADING meanwhile)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
     def kill(self) -> None:
+        """``kill -9`` the server, as a crash would."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
 
+    def restart(self, *, persist: bool = True) -> None:
+        """Kill the server and start it again, with its data or (``persist=False``)
+        without: every stream is gone, as after a restart without persistence."""
+        self.kill()
+        if not persist:
+            shutil.rmtree(self.dir)
+            os.mkdir(self.dir)
+        self.start()
+
+    def freeze(self) -> None:
+        """Stop the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self.process is not None, "the server is not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server (SIGCONT): it runs whatever it was sent meanwhile."""
+        assert self.process is not None, "the server is not running"
+        self.process.send_signal(signal.SIGCONT)
+
+    def debug_sleep(self, seconds: float) -> socket.socket:
+        """Make the server sleep ``seconds`` (``DEBUG SLEEP``, sent from a client of
+        its own) and return once it sleeps, so that the next command any other client
+        sends is answered late. Close the returned socket when done."""
+        assert self.process is not None, "the server is not running"
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        sock.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
+        # Linux: the main thread waits in (hrtimer_/do_)nanosleep while it sleeps.
+        wchan = f"/proc/{self.process.pid}/wchan"
+        deadline = time.monotonic() + 5
+        while True:
+            with open(wchan) as file:
+                if "nanosleep" in file.read():
+                    return sock
+            if time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError("the private redis-server did not start its DEBUG SLEEP")
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        """Kill the server (frozen or not) and remove its data directory."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
+    """A private redis-server (see :class:`PrivateRedis`), stopped after the test."""
     if shutil.which("redis-server") is None:
         _unreachable["redis-server binary"] = "PATH"
         if IN_CI:
             pytest.fail("redis-server is not installed (CI=true: it is required)")
         pytest.skip("redis-server is not installed")
     server = PrivateRedis()
-    server.start()
     try:
+        server.start()
         yield server
     finally:
-        server.kill()
+        server.stop()

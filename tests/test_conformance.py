@@ -325,7 +325,8 @@ async def test_overflow_can_disconnect(backend_name: str, channel: str) -> None:
                 await asyncio.sleep(0)
             async with bc.subscribe(channel) as witness:  # the hub has fanned out to sub
                 await bc.apublish(channel, "sync")
-                await witness.get(timeout=TIMEOUT)
+                while (await witness.get(timeout=TIMEOUT)).data != "sync":
+                    pass
             received = []
             with pytest.raises(SubscriptionOverflow, match="QUEUE_SIZE"):
                 async for event in sub:

@@ -1,13 +1,24 @@
-"""What only the Redis backends do: URLs, stream ids, trimmed and deleted history."""
+"""What the Redis backends do (URLs, stream ids, trimmed and deleted history), and the
+receiver contract checked at the receiver level, as the hub drives it, on every backend."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
 import redis
 
 from django_broadcast import GAP, BroadcastUnavailable
-from django_broadcast.backends.redis import RedisStreamsBackend, safe_url
+from django_broadcast.backends.base import Backend, Message, Receiver
+from django_broadcast.backends.redis import safe_url
 
 from .conftest import PREFIX, REDIS_URL, alias_settings, free_port, require_broker, using
+
+TIMEOUT = 5
 
 
 def test_passwords_stay_out_of_messages() -> None:
@@ -24,18 +35,6 @@ def test_passwords_stay_out_of_messages() -> None:
             raise AssertionError("publish to a closed port succeeded")
 
 
-def test_stream_ids_are_checked() -> None:
-    backend = RedisStreamsBackend("redis+streams://127.0.0.1/0", {}, timeout=1)
-    assert backend.id_key("1700000000000-3") == (1700000000000, 3)
-    for bad in ("17", "a-1", "1-", "-1", "1-2-3"):
-        try:
-            backend.id_key(bad)
-        except ValueError as exc:
-            assert "stream id" in str(exc)
-        else:
-            raise AssertionError(f"{bad!r} was accepted")
-
-
 def test_history_after_a_deleted_entry_reports_a_gap(channel: str) -> None:
     require_broker("redis", REDIS_URL)
     with using(alias_settings("redis+streams")) as bc:
@@ -49,7 +48,11 @@ def test_history_after_a_deleted_entry_reports_a_gap(channel: str) -> None:
         events = bc.history(channel, since=ids[1])
         assert events[0].type == GAP
         assert [e.data for e in events[1:]] == [3, 4]
-        assert [e.data for e in bc.history(channel, since=ids[2])] == [3, 4]
+        # Resuming from the deleted entry itself: nothing proves it is the same stream.
+        events = bc.history(channel, since=ids[2])
+        assert events[0].type == GAP
+        assert [e.data for e in events[1:]] == [3, 4]
+        assert [e.data for e in bc.history(channel, since=ids[3])] == [4]
 
 
 def test_history_of_a_stream_that_never_existed(channel: str) -> None:
@@ -58,3 +61,224 @@ def test_history_of_a_stream_that_never_existed(channel: str) -> None:
         assert bc.history(channel, since="0-0") == []
         [notice] = bc.history(channel, since="1700000000000-0")
         assert notice.type == GAP
+
+
+# The receiver contract, as the hub sees it, on every backend ---------------------------
+
+
+class Listener:
+    """An open receiver of a backend with a task reading it, as the hub's listener.
+
+    :meth:`pause` makes it a slow reader: the read under way returns its batch, and
+    no other read starts until :meth:`resume`.
+    """
+
+    def __init__(self, backend: Backend, receiver: Receiver) -> None:
+        self.backend = backend
+        self.receiver = receiver
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            await self.reading.wait()
+            for message in await self.receiver.read():
+                self.messages.put_nowait(message)
+
+    def pause(self) -> None:
+        self.reading.clear()
+
+    def resume(self) -> None:
+        self.reading.set()
+
+    async def stop(self) -> None:
+        """Cancel the reading task (as the hub does before it reconnects)."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def restart(self) -> None:
+        """Read again, after :meth:`stop`."""
+        self.task = asyncio.create_task(self._read())
+
+    async def next(self, count: int) -> list[Message]:
+        """The next ``count`` messages, each within TIMEOUT."""
+        return [await asyncio.wait_for(self.messages.get(), TIMEOUT) for _ in range(count)]
+
+    async def until(self, event_id: str) -> list[Message]:
+        """The messages up to and including the one of ``event_id``, each within TIMEOUT."""
+        messages = await self.next(1)
+        while messages[-1].id != event_id:
+            messages += await self.next(1)
+        return messages
+
+
+@asynccontextmanager
+async def listening(entry: dict[str, Any]) -> AsyncIterator[Listener]:
+    """The backend of the alias ``entry`` and a receiver of it, opened and read."""
+    with using(entry) as bc:
+        receiver = bc.backend.receiver()
+        await receiver.open()
+        listener = Listener(bc.backend, receiver)
+        try:
+            yield listener
+        finally:
+            await listener.stop()
+            await receiver.close()
+            await bc.aclose()
+
+
+async def test_subscribe_returns_the_channel_position(backend_name: str, channel: str) -> None:
+    empty, busy = f"{channel}.empty", f"{channel}.busy"
+    async with listening(alias_settings(backend_name)) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        old = [await backend.apublish(busy, b"old") for _ in range(3)]
+        positions = [await receiver.subscribe(empty), await receiver.subscribe(busy)]
+        if not backend.supports_history:
+            assert positions == [None, None]
+        else:
+            assert positions == [backend.origin, old[-1]]
+        # Published right after subscribe returned: read, and after the position.
+        sent = [await backend.apublish(busy, b"new"), await backend.apublish(empty, b"new")]
+        received = await listener.next(2)
+    assert sorted((m.channel, m.id, m.payload) for m in received) == sorted(
+        [(busy, sent[0], b"new"), (empty, sent[1], b"new")]
+    )
+    if backend.supports_history:
+        assert backend.id_key(sent[0]) > backend.id_key(old[-1])
+        assert backend.id_key(sent[1]) > backend.id_key(str(backend.origin))
+
+
+ARABIC_1700 = "\u0661\u0667\u0660\u0660"  # str.isdigit() and int() accept it
+BAD_IDS = {
+    "memory": ["", "-1", "+1", " 1", "1.0", "1_000", ARABIC_1700, "9" * 30, str(2**64)],
+    "redis+streams": [
+        *("17", "a-1", "1-", "-1", "1-2-3", "1-+2", "1- 2", "1_0-0"),
+        f"{ARABIC_1700}-0",
+        f"0-{ARABIC_1700}",
+        f"{2**64}-0",  # one more than Redis accepts in either part
+        f"0-{2**64}",
+        f"{'1' * 5000}-0",
+    ],
+}
+
+
+def test_ids_are_parsed_strictly(history_backend_name: str, channel: str) -> None:
+    with using(alias_settings(history_backend_name)) as bc:
+        backend = bc.backend
+        expected = "decimal number" if history_backend_name == "memory" else "stream id"
+        for bad in BAD_IDS[history_backend_name]:
+            with pytest.raises(ValueError, match=expected):
+                backend.id_key(bad)
+            with pytest.raises(ValueError, match=expected):
+                bc.history(channel, since=bad)  # refused here, not by the broker
+        largest = str(2**64 - 1)
+        if history_backend_name == "redis+streams":
+            largest = f"{largest}-{largest}"
+        assert backend.id_key(largest) > backend.id_key(backend.origin or "")
+        [notice] = bc.history(channel, since=largest)  # an id this broker never made
+        assert notice.type == GAP
+
+
+def delete_stream(channel: str) -> None:
+    """DEL the stream of ``channel`` on the shared broker, as an eviction would."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert client.delete(PREFIX + channel) == 1
+    finally:
+        client.close()
+
+
+async def test_history_after_the_stream_was_made_anew_reports_a_gap(channel: str) -> None:
+    require_broker("redis", REDIS_URL)
+    with using(alias_settings("redis+streams")) as bc:
+        old = [(await bc.apublish(channel, n)).id for n in range(3)]
+        delete_stream(channel)
+        new = [(await bc.apublish(channel, n)).id for n in (3, 4)]
+        assert bc.backend.id_key(new[0]) > bc.backend.id_key(old[-1])  # ids prove nothing
+        resumed = [bc.history(channel, since=old[-1]), await bc.ahistory(channel, since=old[0])]
+        for events in resumed:
+            assert events[0].type == GAP
+            assert [e.data for e in events[1:]] == [3, 4]
+        # From the origin: the new stream has lost nothing.
+        assert [e.data for e in bc.history(channel, since="0-0")] == [3, 4]
+        await bc.aclose()
+
+
+def test_history_from_the_origin_of_a_trimmed_stream_reports_a_gap(channel: str) -> None:
+    require_broker("redis", REDIS_URL)
+    with using(alias_settings("redis+streams", OPTIONS={"history": 5})) as bc:
+        for n in range(300):
+            bc.publish(channel, n)
+        events = bc.history(channel, since="0-0", limit=None)
+    assert events[0].type == GAP and events[-1].data == 299
+
+
+def gap(message: Message) -> tuple[str, str, bytes, str | None]:
+    return message.channel, message.id, message.payload, message.gap
+
+
+async def test_a_reader_reports_a_gap_where_its_stream_was_made_anew(channel: str) -> None:
+    require_broker("redis", REDIS_URL)
+    async with listening(alias_settings("redis+streams")) as listener:
+        backend = listener.backend
+        await listener.receiver.subscribe(channel)
+        await backend.apublish(channel, b"a")
+        await listener.next(1)
+        delete_stream(channel)
+        sent = await backend.apublish(channel, b"b")
+        notice, message = await listener.next(2)
+    assert gap(notice) == (channel, "", b"", "reset")
+    assert (message.id, message.payload, message.gap) == (sent, b"b", None)
+
+
+@pytest.mark.parametrize("from_origin", [False, True], ids=["from-an-id", "from-the-origin"])
+async def test_a_slow_reader_reports_a_gap_where_its_stream_was_trimmed_past_it(
+    channel: str, from_origin: bool
+) -> None:
+    require_broker("redis", REDIS_URL)
+    async with listening(alias_settings("redis+streams", OPTIONS={"history": 5})) as listener:
+        backend = listener.backend
+        if from_origin:
+            await listener.stop()  # waiting for a channel: no read is under way
+            assert await listener.receiver.subscribe(channel) == backend.origin
+        else:
+            await listener.receiver.subscribe(channel)
+            listener.pause()  # the read under way still returns the next batch
+            await backend.apublish(channel, b"read")
+            await listener.next(1)
+        sent = [await backend.apublish(channel, b"%d" % n) for n in range(300)]
+        if from_origin:
+            listener.restart()
+        else:
+            listener.resume()
+        received = await listener.until(sent[-1])
+        marker = await backend.apublish(channel, b"marker")
+        [after] = await listener.next(1)
+    # What the reader had been sent before the trim, the notice, then what is left.
+    [notice] = [m for m in received if m.gap]
+    assert gap(notice) == (channel, "", b"", "trimmed")
+    cut = received.index(notice)
+    before, left = [m.id for m in received[:cut]], [m.id for m in received[cut + 1 :]]
+    assert before == sent[: len(before)] and left == sent[-len(left) :]
+    assert len(left) >= 5 and len(before) + len(left) < 300
+    assert after.id == marker
+
+
+async def test_a_reconnect_reports_a_gap_where_the_stream_was_made_anew(channel: str) -> None:
+    require_broker("redis", REDIS_URL)
+    async with listening(alias_settings("redis+streams")) as listener:
+        backend, receiver = listener.backend, listener.receiver
+        await receiver.subscribe(channel)
+        await backend.apublish(channel, b"a")
+        await listener.next(1)
+        await listener.stop()
+        delete_stream(channel)
+        sent = [await backend.apublish(channel, b"b")]
+        assert await receiver.reconnect() == {channel}
+        listener.restart()
+        sent.append(await backend.apublish(channel, b"c"))
+        received = await listener.next(2)  # the reconnect's gap is not reported twice
+    assert [(m.id, m.gap) for m in received] == [(sent[0], None), (sent[1], None)]

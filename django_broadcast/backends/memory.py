@@ -3,8 +3,19 @@
 Events never leave the process, so it suits development and tests; with
 ``DEBUG=False`` a system check warns that it cannot cross processes. A publish from
 any thread (a WSGI worker, a sync view run by ``sync_to_async``) reaches subscribers
-on every event loop of the process. Each channel keeps a ring buffer of its latest
-events (``OPTIONS["history"]``, default 1000), so ``since`` and ``history()`` work.
+on every event loop of the process.
+
+What it guarantees: a publish never waits and never fails for want of a broker.
+Ids are decimal numbers from one counter for the whole process (so they increase
+across channels too), at most :data:`MAX_ID`. Each publish is stored and handed to
+every receiver under one lock, so every receiver sees one order per channel, and
+``subscribe`` reads the channel's position (its newest id, or ``"0"``) under the
+same lock that registers the receiver: every event after the position is received.
+Each channel keeps a ring buffer of its latest events (``OPTIONS["history"]``,
+default 1000) for ``since`` and ``history()``; a ``since`` reports a gap where the
+buffer no longer holds every event after it, or where it is newer than any id this
+process has made (it comes from before a restart, whose history is gone). Nothing
+is ever lost between publish and a subscribed receiver, so there is no reconnect.
 """
 
 from __future__ import annotations
@@ -17,7 +28,11 @@ from typing import Any, ClassVar
 
 from .base import Backend, HistoryPage, Message, Receiver
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MAX_ID", "MemoryBackend"]
+
+#: The largest event id the memory backend makes or accepts.
+MAX_ID = 2**64 - 1
+_MAX_ID_DIGITS = len(str(MAX_ID))
 
 
 class MemoryBackend(Backend):
@@ -64,24 +79,37 @@ class MemoryBackend(Backend):
         return self._send(channel, payload)
 
     def id_key(self, event_id: str) -> int:
-        """Ids are decimal sequence numbers."""
-        if not (isinstance(event_id, str) and event_id.isdigit()):
-            raise ValueError(
-                f"{event_id!r} is not an event id of the memory backend: "
-                f"expected the decimal number of an event's id"
-            )
-        return int(event_id)
+        """Ids are decimal sequence numbers, ASCII digits, at most :data:`MAX_ID`."""
+        if (
+            isinstance(event_id, str)
+            and 0 < len(event_id) <= _MAX_ID_DIGITS
+            and event_id.isascii()
+            and event_id.isdigit()
+            and int(event_id) <= MAX_ID
+        ):
+            return int(event_id)
+        raise ValueError(
+            f"{event_id!r} is not an event id of the memory backend: expected a decimal "
+            f"number of ASCII digits from 0 to {MAX_ID}, such as '42'"
+        )
 
     def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
-        """Read the channel's ring buffer."""
+        """Read the channel's ring buffer.
+
+        With ``since``, report a gap where the buffer no longer holds every event
+        after it, or where ``since`` is newer than any id this backend has made (the
+        id comes from before the process restarted, so its history is gone).
+        """
         after = None if since is None else self.id_key(since)
         with self._lock:
             messages = list(self._history.get(channel, ()))
             evicted = self._evicted.get(channel, 0)
+            newest = self._next_id
         if after is None:
             return HistoryPage(messages[-limit:] if limit is not None else messages)
         newer = [m for m in messages if int(m.id) > after]
-        return HistoryPage(newer[:limit] if limit is not None else newer, gap=evicted > after)
+        gap = evicted > after or after > newest
+        return HistoryPage(newer[:limit] if limit is not None else newer, gap=gap)
 
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """As :meth:`history`; never waits."""
@@ -91,9 +119,15 @@ class MemoryBackend(Backend):
         """Make a receiver for the running event loop."""
         return _MemoryReceiver(self, asyncio.get_running_loop())
 
-    def _attach(self, receiver: _MemoryReceiver, channel: str) -> None:
+    def _attach(self, receiver: _MemoryReceiver, channel: str) -> str:
+        """Register ``receiver`` for ``channel``; return the channel's position.
+
+        Both under the lock: every event after the position reaches the receiver.
+        """
         with self._lock:
             self._receivers.setdefault(channel, set()).add(receiver)
+            buffer = self._history.get(channel)
+            return buffer[-1].id if buffer else self.origin
 
     def _detach(self, receiver: _MemoryReceiver, channel: str) -> None:
         with self._lock:
@@ -132,9 +166,9 @@ class _MemoryReceiver(Receiver):
     async def open(self) -> None:
         pass
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> str:
         self._channels.add(channel)
-        self._backend._attach(self, channel)
+        return self._backend._attach(self, channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
