@@ -32,6 +32,15 @@ def delete_keys(prefix: str) -> None:
         client.close()
 
 
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def setup_django() -> None:
     """Configure a minimal Django for a benchmark process, unless one is configured
     (as under pytest); scripts then set ``BROADCAST`` with ``override_settings``."""

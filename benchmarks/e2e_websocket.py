@@ -99,14 +99,20 @@ def case_env(case: str, prefix: str) -> dict[str, str]:
 
 
 @contextmanager
-def server(case: str, prefix: str) -> Iterator[tuple[int, int]]:
-    """A daphne process serving ``case``; yields (port, pid)."""
+def server(
+    case: str, prefix: str, kind: str = "daphne", env: dict[str, str] | None = None
+) -> Iterator[tuple[int, int]]:
+    """A daphne (or uvicorn) process serving ``case``; yields (port, pid)."""
     port = _free_port()
+    app = "benchmarks.e2e.asgi:application"
+    if kind == "daphne":
+        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    else:
+        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "warning", "--lifespan", "auto"]  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "benchmarks.e2e.asgi:application"],
-        cwd=ROOT, env=case_env(case, prefix), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=ROOT, env={**case_env(case, prefix), **(env or {})},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -116,7 +122,7 @@ def server(case: str, prefix: str) -> Iterator[tuple[int, int]]:
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"daphne for case {case!r} did not start") from None
+                    raise RuntimeError(f"{kind} for case {case!r} did not start") from None
                 time.sleep(0.05)
         yield port, process.pid
     finally:

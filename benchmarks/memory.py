@@ -25,7 +25,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ._common import REDIS_URL, Table, machine, streams_url
+from ._common import REDIS_URL, Table, machine, rss, streams_url
 from .e2e import CASES
 from .e2e_websocket import Client, server
 from .fanout import _broadcaster_python
@@ -51,14 +51,6 @@ def _measure(python: str, kind: str, url: str, prefix: str, n: int) -> float | s
     return per
 
 
-def _server_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 async def _connections_rss(case: str, port: int, pid: int, connections: int) -> float:
     warm = [Client(case, port) for _ in range(10)]  # first connections load code
     clients = [Client(case, port) for _ in range(connections)]
@@ -66,11 +58,11 @@ async def _connections_rss(case: str, port: int, pid: int, connections: int) -> 
         for client in warm:
             await client.connect()
         await asyncio.sleep(0.5)
-        before = _server_rss(pid)
+        before = rss(pid)
         for client in clients:
             await client.connect()
         await asyncio.sleep(1.0)
-        return (_server_rss(pid) - before) / connections
+        return (rss(pid) - before) / connections
     finally:
         await asyncio.gather(*(c.close() for c in [*warm, *clients]), return_exceptions=True)
 

@@ -20,7 +20,7 @@ from .exceptions import (
     SubscriptionOverflow,
 )
 from .handler import broadcasts
-from .hub import Subscription
+from .subscription import Subscription
 
 __all__ = [
     "GAP",

@@ -17,12 +17,17 @@ user, and denies everything else. For per-user rules, write your own::
             return action != "publish" and channel == f"user.{user.pk}"
         return action != "publish" and channel.startswith("news.")
 
+Channels in the reserved namespace (``broadcast.``: the channel layer's inboxes, the
+server list) are refused to browsers before the policy is asked. A policy that raises
+is logged on the ``django_broadcast.auth`` logger and counts as a refusal.
+
 Server-side code (``broadcast.publish()`` in views) is not subject to the policy.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -32,8 +37,11 @@ from asgiref.sync import sync_to_async
 from django.utils.module_loading import import_string
 
 from .clients import auth_settings
+from .events import is_reserved
 
 __all__ = ["ACTIONS", "Action", "PatternPolicy", "authorize", "get_policy"]
+
+logger = logging.getLogger("django_broadcast.auth")
 
 Action = Literal["subscribe", "history", "publish"]
 ACTIONS: tuple[Action, ...] = ("subscribe", "history", "publish")
@@ -65,14 +73,26 @@ def get_policy() -> Callable[..., Any]:
 
 
 async def authorize(user: Any, channel: str, action: Action) -> bool:
-    """Ask the configured policy whether ``user`` may ``action`` on ``channel``."""
+    """Ask the configured policy whether ``user`` may ``action`` on ``channel``.
+
+    Reserved channels are refused without asking; a policy that raises is logged
+    and refuses.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    if is_reserved(channel):
+        return False
     policy = get_policy()
     if isinstance(policy, PatternPolicy):
         return policy(user, channel, action)
-    if inspect.iscoroutinefunction(policy) or inspect.iscoroutinefunction(
-        getattr(policy, "__call__", None)  # noqa: B004 (an instance with async __call__)
-    ):
-        return bool(await policy(user, channel, action))
-    return bool(await sync_to_async(policy)(user, channel, action))
+    try:
+        if inspect.iscoroutinefunction(policy) or inspect.iscoroutinefunction(
+            getattr(policy, "__call__", None)  # noqa: B004 (an instance with async __call__)
+        ):
+            return bool(await policy(user, channel, action))
+        return bool(await sync_to_async(policy)(user, channel, action))
+    except Exception:
+        logger.exception(
+            "the BROADCAST_AUTH policy raised for %s on channel %r: refused", action, channel
+        )
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
@@ -17,11 +18,15 @@ from django.utils.module_loading import import_string
 from .backends.base import Backend, HistoryPage, Message
 from .codec import Codec
 from .conf import AliasConfig
-from .events import Event, validate_channel
-from .exceptions import BroadcastError, MessageTooLarge
-from .hub import Hub, Subscription, gap_event
+from .events import Event, gap_event, validate_channel
+from .exceptions import BroadcastError, BroadcastUnavailable, MessageTooLarge
+from .hub import Hub
+from .signals import publish_failed
+from .subscription import Subscription
 
 __all__ = ["Broadcast"]
+
+logger = logging.getLogger("django_broadcast.broadcast")
 
 
 def _from_ms(ms: int) -> datetime:
@@ -51,6 +56,8 @@ class Broadcast:
         self.codec: Codec = import_string(config.codec)()
         #: Events dropped, over all this alias's subscribers, because a queue was full.
         self.dropped = 0
+        #: Events published in a transaction that could not be sent at its commit.
+        self.failed_publishes = 0
         self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = (
             weakref.WeakKeyDictionary()
         )
@@ -69,7 +76,15 @@ class Broadcast:
         try:
             payload = self.codec.encode({"type": type, "time": ms, "data": data})
         except (TypeError, ValueError) as exc:
-            raise exc.__class__(f"cannot publish to channel {channel!r}: {exc}") from exc
+            # The plain class: subclasses such as UnicodeEncodeError (a lone surrogate
+            # in a string) take other arguments.
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"cannot publish to channel {channel!r}: {exc}") from exc
+        except RecursionError as exc:
+            raise ValueError(
+                f"cannot publish to channel {channel!r}: the data is nested too deeply "
+                f"to encode; flatten it"
+            ) from exc
         if len(payload) > self.backend.max_message_size:
             raise MessageTooLarge(channel, len(payload), self.backend.max_message_size)
         return payload, ms
@@ -83,7 +98,9 @@ class Broadcast:
         caller, before anything is sent. Inside ``transaction.atomic()`` the event is
         sent when the transaction commits and never if it rolls back, and this returns
         ``None``; ``on_commit=False`` sends at once. Otherwise return the sent
-        :class:`Event`.
+        :class:`Event`. A publish that fails at the commit never raises out of the
+        committed transaction: it is logged, counted in :attr:`failed_publishes` and
+        sent as the :data:`~django_broadcast.signals.publish_failed` signal.
 
         Raise ``ValueError`` for a bad channel name, ``TypeError`` for data the codec
         cannot encode, :class:`MessageTooLarge` over the size limit, and
@@ -93,12 +110,42 @@ class Broadcast:
         if on_commit:
             connection = _connection_in_atomic_block()
             if connection is not None:
-                connection.on_commit(lambda: self._send(channel, type, data, payload, ms))
+                connection.on_commit(lambda: self._send_committed(channel, type, data, payload, ms))
                 return None
         return self._send(channel, type, data, payload, ms)
 
     def _send(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> Event:
         return Event(channel, type, data, self.backend.publish(channel, payload), _from_ms(ms))
+
+    def _send_committed(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> None:
+        """Send an event at its transaction's commit; whatever happens, never raise:
+        the data is committed, and the hooks registered after this one must run."""
+        try:
+            self._send(channel, type, data, payload, ms)
+        except Exception as exc:
+            maybe_sent = isinstance(exc, BroadcastUnavailable) and exc.maybe_sent
+            self.failed_publishes += 1
+            logger.error(
+                "publish to channel %r (type %r) of alias %r failed after the transaction "
+                "committed: %s; the event %s",
+                channel,
+                type,
+                self.alias,
+                exc,
+                "may still be delivered" if maybe_sent else "was not sent",
+                exc_info=not isinstance(exc, BroadcastError),
+            )
+            for receiver, error in publish_failed.send_robust(
+                Broadcast,
+                broadcast=self,
+                channel=channel,
+                type=type,
+                data=data,
+                exception=exc,
+                maybe_sent=maybe_sent,
+            ):
+                if isinstance(error, Exception):
+                    logger.error("a publish_failed receiver (%r) raised", receiver, exc_info=error)
 
     async def apublish(self, channel: str, data: Any, *, type: str = "message") -> Event:
         """Publish ``data`` on ``channel`` from async code and return the sent event.

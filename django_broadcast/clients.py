@@ -9,6 +9,7 @@
         "MAX_FRAME_SIZE": 65536,     # bytes of one WebSocket frame from a client
         "MAX_SUBSCRIPTIONS": 50,     # channels one WebSocket may subscribe to
         "MAX_CHANNELS_PER_STREAM": 20,  # channels one SSE stream may name
+        "MAX_BUFFER": 262144,        # bytes a server may hold unsent for one client
     }
     BROADCAST_AUTH = {
         "POLICY": "django_broadcast.auth.PatternPolicy",  # (user, channel, action) -> bool
@@ -42,6 +43,7 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "MAX_FRAME_SIZE": 65536,
     "MAX_SUBSCRIPTIONS": 50,
     "MAX_CHANNELS_PER_STREAM": 20,
+    "MAX_BUFFER": 262144,
 }
 _AUTH_DEFAULTS: dict[str, Any] = {"POLICY": DEFAULT_POLICY, "PUBLIC": [], "PUBLISH": []}
 
@@ -56,6 +58,7 @@ class ClientSettings:
     max_frame_size: int
     max_subscriptions: int
     max_channels_per_stream: int
+    max_buffer: int
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,13 @@ def _validate_clients(value: Any, problems: list[Problem]) -> ClientSettings | N
     for key in ("KEEPALIVE",):
         if not _positive(merged[key], (int, float)):
             problems.append(_must_be_positive(key, merged[key], "a number of seconds"))
-    for key in ("RETRY", "MAX_FRAME_SIZE", "MAX_SUBSCRIPTIONS", "MAX_CHANNELS_PER_STREAM"):
+    for key in (
+        "RETRY",
+        "MAX_FRAME_SIZE",
+        "MAX_SUBSCRIPTIONS",
+        "MAX_CHANNELS_PER_STREAM",
+        "MAX_BUFFER",
+    ):
         if not _positive(merged[key], (int,)):
             problems.append(_must_be_positive(key, merged[key], "an integer"))
     if len(problems) > before:
@@ -148,6 +157,7 @@ def _validate_clients(value: Any, problems: list[Problem]) -> ClientSettings | N
         max_frame_size=merged["MAX_FRAME_SIZE"],
         max_subscriptions=merged["MAX_SUBSCRIPTIONS"],
         max_channels_per_stream=merged["MAX_CHANNELS_PER_STREAM"],
+        max_buffer=merged["MAX_BUFFER"],
     )
 
 

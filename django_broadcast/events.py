@@ -7,10 +7,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["GAP", "MAX_CHANNEL_LENGTH", "Event", "utcnow", "validate_channel"]
+__all__ = [
+    "GAP",
+    "MAX_CHANNEL_LENGTH",
+    "RESERVED_PREFIX",
+    "Event",
+    "gap_event",
+    "is_reserved",
+    "utcnow",
+    "validate_channel",
+]
 
 #: ``Event.type`` of the notice a subscriber receives where events may have been lost.
 GAP = "broadcast.gap"
+
+#: Channels whose names start with this belong to django_broadcast itself (the
+#: channel layer's inboxes, the server list): browsers can never subscribe to, replay
+#: or publish on them, whatever the policy says.
+RESERVED_PREFIX = "broadcast."
 
 MAX_CHANNEL_LENGTH = 100
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -66,6 +80,16 @@ def validate_channel(channel: object) -> str:
     )
 
 
+def is_reserved(channel: str) -> bool:
+    """Whether ``channel`` is in the namespace django_broadcast keeps for itself."""
+    return channel.startswith(RESERVED_PREFIX)
+
+
 def utcnow() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(timezone.utc)
+
+
+def gap_event(channel: str, reason: str, **data: Any) -> Event:
+    """The notice that events of ``channel`` may have been lost (``type == GAP``)."""
+    return Event(channel, GAP, {"reason": reason, **data}, "", utcnow())

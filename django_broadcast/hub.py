@@ -20,19 +20,19 @@ import contextlib
 import logging
 import random
 import weakref
-from collections import deque
-from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from ._timeouts import honour_cancellation, within
 from .backends.base import ConnectionLost, Message, Receiver
-from .events import GAP, Event, utcnow
-from .exceptions import SubscriptionClosed, SubscriptionOverflow
+from .events import Event, gap_event
+from .exceptions import BroadcastUnavailable, SubscriptionClosed
 
 if TYPE_CHECKING:
     from .broadcast import Broadcast
+    from .subscription import Subscription
 
-__all__ = ["Hub", "Subscription"]
+__all__ = ["Hub"]
 
 logger = logging.getLogger("django_broadcast.hub")
 
@@ -50,8 +50,13 @@ class Hub:
         self._lock = asyncio.Lock()
         self._subscribers: dict[str, dict[Subscription, None]] = {}
         self._broker_channels: set[str] = set()
+        # On backends with history: channel -> id of the last event handed out (or
+        # the position the broker subscription started from).
+        self._positions: dict[str, str] = {}
+        self._track = broadcast.backend.supports_history
         self._receiver: Receiver | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()  # clear while the listener reconnects
         self.closed = False
 
     @property
@@ -59,26 +64,67 @@ class Hub:
         """The channels this hub holds a broker subscription for."""
         return set(self._broker_channels)
 
-    async def attach(self, sub: Subscription) -> None:
-        """Add ``sub`` to its channels, subscribing the broker where it is the first."""
+    async def attach(self, sub: Subscription) -> dict[str, str | None]:
+        """Add ``sub`` to its channels, subscribing the broker where it is the first.
+
+        Return each channel's position for ``sub`` (None without history): every
+        event after it reaches ``sub``. Raise :class:`BroadcastUnavailable` when the
+        broker cannot be reached within the alias's ``TIMEOUT``, reconnection
+        included.
+        """
         async with self._lock:
             if self.closed:
                 raise SubscriptionClosed(f"broadcast alias {self._broadcast.alias!r} is closed")
+            positions: dict[str, str | None] = {}
             try:
-                if self._receiver is None:
-                    receiver = self._broadcast.backend.receiver()
-                    await receiver.open()
-                    self._receiver = receiver
-                    self._listener = asyncio.get_running_loop().create_task(self._listen(receiver))
+                receiver = await self._ready_receiver()
                 for channel in sub.channels:
-                    if channel not in self._broker_channels:
-                        await self._receiver.subscribe(channel)
-                        self._broker_channels.add(channel)
+                    # Registered before the broker confirms, so that nothing the
+                    # listener reads meanwhile passes it by.
                     self._subscribers.setdefault(channel, {})[sub] = None
-            except BaseException:
+                    if channel in self._broker_channels:
+                        positions[channel] = self._positions.get(channel)
+                        continue
+                    start = await receiver.subscribe(channel)
+                    self._broker_channels.add(channel)
+                    if start is not None:
+                        self._positions.setdefault(channel, start)
+                    positions[channel] = start
+                honour_cancellation()
+            except BaseException as exc:
                 self._remove(sub)
                 await self._release_unused()
+                if isinstance(exc, ConnectionLost):
+                    raise self._unavailable(exc) from exc
                 raise
+            return positions
+
+    async def _ready_receiver(self) -> Receiver:
+        """The receiver, connected: opened if there is none, waited for (at most
+        ``TIMEOUT``) while the listener reconnects it."""
+        receiver = self._receiver
+        if receiver is None:
+            receiver = self._broadcast.backend.receiver()
+            await receiver.open()
+            self._receiver = receiver
+            self._connected.set()
+            self._listener = asyncio.get_running_loop().create_task(self._listen(receiver))
+            return receiver
+        if not self._connected.is_set():
+            try:
+                await within(self._connected.wait(), self._broadcast.config.timeout)
+            except TimeoutError:
+                raise self._unavailable(TimeoutError("still reconnecting")) from None
+            if self._receiver is not receiver:  # the listener gave up meanwhile
+                raise self._unavailable(ConnectionLost("the broker stayed away"))
+        return receiver
+
+    def _unavailable(self, exc: BaseException) -> BroadcastUnavailable:
+        config = self._broadcast.config
+        return BroadcastUnavailable(
+            f"alias {config.alias!r} is reconnecting to its broker and did not get "
+            f"through within {config.timeout} s (TIMEOUT): {exc}"
+        )
 
     async def detach(self, sub: Subscription) -> None:
         """Remove ``sub``; unsubscribe the broker from channels nobody wants any more.
@@ -109,6 +155,7 @@ class Hub:
             return
         for channel in [c for c in self._broker_channels if c not in self._subscribers]:
             self._broker_channels.discard(channel)
+            self._positions.pop(channel, None)
             try:
                 await receiver.unsubscribe(channel)
             except Exception:  # the connection may be down: closing it below suffices
@@ -120,6 +167,8 @@ class Hub:
         receiver, listener = self._receiver, self._listener
         self._receiver = self._listener = None
         self._broker_channels.clear()
+        self._positions.clear()
+        self._connected.clear()
         if listener is not None and listener is not asyncio.current_task():
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -138,7 +187,10 @@ class Hub:
                 try:
                     batch = await receiver.read()
                 except ConnectionLost as exc:
-                    for channel in await self._reconnect(receiver, exc):
+                    self._connected.clear()
+                    lost = await self._reconnect(receiver, exc)
+                    self._connected.set()
+                    for channel in lost:
                         self._fan_out_gap(channel, "reconnect")
                     continue
                 self._fan_out(batch)
@@ -183,24 +235,34 @@ class Hub:
         subscribers = self._subscribers
         by_channel: dict[str, list[Event]] = {}
         for message in batch:
-            if message.channel not in subscribers:
+            channel = message.channel
+            if channel not in subscribers:
                 continue
-            try:
-                event = decode(message)
-            except Exception:
-                logger.warning(
-                    "skipped an undecodable message on channel %r (id %r)",
-                    message.channel,
-                    message.id,
-                    exc_info=True,
-                )
-                continue
-            events = by_channel.get(message.channel)
+            if message.gap is not None:
+                event = gap_event(channel, message.gap)
+            else:
+                try:
+                    event = decode(message)
+                except Exception:
+                    logger.warning(
+                        "skipped an undecodable message on channel %r (id %r)",
+                        channel,
+                        message.id,
+                        exc_info=True,
+                    )
+                    continue
+            events = by_channel.get(channel)
             if events is None:
-                by_channel[message.channel] = [event]
+                by_channel[channel] = [event]
             else:
                 events.append(event)
+        positions = self._positions if self._track else None
         for channel, events in by_channel.items():
+            if positions is not None:
+                for event in reversed(events):
+                    if event.id:
+                        positions[channel] = event.id
+                        break
             for sub in subscribers.get(channel, ()):
                 sub._put_many(events)
 
@@ -249,232 +311,3 @@ class Hub:
         """End every subscription and wait until the broker connection is closed."""
         self.close_nowait()
         await self._locked_release()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
-def gap_event(channel: str, reason: str, **data: Any) -> Event:
-    """The notice that events of ``channel`` may have been lost."""
-    return Event(channel, GAP, {"reason": reason, **data}, "", utcnow())
-
-
-class Subscription:
-    """A subscriber's view of one or more channels: use as an async context manager.
-
-    ``async for event in sub`` ends when the subscription or its alias is closed, and
-    raises :class:`SubscriptionClosed` (or :class:`SubscriptionOverflow`) when it ended
-    because the broker stayed away or the subscriber fell behind with
-    ``OVERFLOW = "disconnect"``.
-    """
-
-    def __init__(
-        self,
-        broadcast: Broadcast,
-        channels: tuple[str, ...],
-        since: Mapping[str, str] | None = None,
-    ) -> None:
-        self.channels = channels
-        #: Events this subscription dropped because its queue was full.
-        self.dropped = 0
-        #: With ``since``: whether every event after it was replayed (no gap notice),
-        #: known once the subscription is open. None without ``since``.
-        self.recovered: bool | None = None
-        self._broadcast = broadcast
-        self._since = dict(since or {})
-        self._maxsize = broadcast.config.queue_size
-        self._disconnect = broadcast.config.overflow == "disconnect"
-        self._queue: deque[Event] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._hub: Hub | None = None
-        self._held: list[Event] | None = None  # live events that arrive during replay
-        self._ended: BaseException | None = None
-        self._ended_normally = False
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self._broadcast.alias}:{','.join(self.channels)}>"
-
-    async def __aenter__(self) -> Subscription:
-        if self._hub is not None:
-            raise RuntimeError("this subscription is already open")
-        hub = self._broadcast._hub()
-        if self._since:
-            self._held = []
-        await hub.attach(self)
-        self._hub = hub
-        if self._since:
-            try:
-                await self._replay()
-            except BaseException:
-                await self.aclose()
-                raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Leave every channel; iteration ends. Called by ``async with`` on exit."""
-        self._close(None)
-        hub, self._hub = self._hub, None
-        if hub is not None:
-            await hub.detach(self)
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._queue:
-            return self._queue.popleft()
-        try:
-            return await self.get()
-        except SubscriptionClosed:
-            if self._ended_normally and not self._queue:
-                raise StopAsyncIteration from None
-            raise
-
-    async def get(self, timeout: float | None = None) -> Event:
-        """Return the next event, waiting at most ``timeout`` seconds.
-
-        Raise ``TimeoutError`` when none came in time and :class:`SubscriptionClosed`
-        once the subscription has ended and its queue is drained.
-        """
-        if self._queue:
-            return self._queue.popleft()
-        if self._ended is not None:
-            raise self._ended
-        if self._hub is None:
-            raise RuntimeError("open the subscription first: async with broadcast.subscribe(...)")
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        # call_later rather than wait_for: no extra task or future per call on this
-        # hot path (a subscriber waits once per event).
-        expiry = None if timeout is None else loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if expiry is not None:
-                expiry.cancel()
-        if self._queue:
-            return self._queue.popleft()
-        assert self._ended is not None
-        raise self._ended
-
-    # Fed by the hub --------------------------------------------------------------------
-
-    def _put(self, event: Event) -> None:
-        if self._held is not None:
-            self._held.append(event)
-        else:
-            self._enqueue(event)
-
-    def _put_many(self, events: list[Event]) -> None:
-        if self._held is not None:
-            self._held.extend(events)
-            return
-        queue = self._queue
-        if self._ended is not None or len(queue) + len(events) > self._maxsize:
-            for event in events:  # the slow path: overflow handling, one at a time
-                self._enqueue(event)
-            return
-        queue.extend(events)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _enqueue(self, event: Event) -> None:
-        if self._ended is not None:
-            return
-        queue = self._queue
-        if len(queue) >= self._maxsize:
-            self._overflow(event)
-            return
-        queue.append(event)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _overflow(self, event: Event) -> None:
-        alias = self._broadcast.alias
-        if self.recovered:
-            self.recovered = False  # the replay itself overflowed the queue
-        self.dropped += 1
-        self._broadcast.dropped += 1
-        if self._disconnect:
-            logger.warning(
-                "%r fell behind (%d queued, QUEUE_SIZE of alias %r): disconnected",
-                self,
-                len(self._queue),
-                alias,
-            )
-            self._close(
-                SubscriptionOverflow(
-                    f"subscriber of {', '.join(self.channels)} fell behind: more than "
-                    f"{self._maxsize} events queued (QUEUE_SIZE of alias {alias!r})"
-                )
-            )
-            return
-        # drop-oldest: the head of the queue becomes one notice counting what was lost.
-        queue = self._queue
-        head = queue[0] if queue else event
-        gap_channel = head.channel
-        if head.type == GAP and head.data.get("reason") == "overflow":
-            queue.popleft()
-            dropped = head.data["dropped"]
-        else:
-            dropped = 0
-            logger.warning(
-                "%r fell behind (QUEUE_SIZE %d of alias %r): dropping its oldest events",
-                self,
-                self._maxsize,
-                alias,
-            )
-        if queue:
-            queue.popleft()
-            queue.append(event)
-        dropped += 1  # the oldest event, or with no room at all the new one
-        logger.debug("%r dropped an event (%d in this gap)", self, dropped)
-        queue.appendleft(gap_event(gap_channel, "overflow", dropped=dropped))
-
-    def _close(self, exc: BaseException | None) -> None:
-        if self._ended is not None:
-            return
-        self._ended_normally = exc is None
-        self._ended = exc or SubscriptionClosed(f"{self!r} is closed")
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # Replay ---------------------------------------------------------------------------
-
-    async def _replay(self) -> None:
-        broadcast = self._broadcast
-        backend = broadcast.backend
-        newest: dict[str, Any] = {}
-        self.recovered = True
-        for channel, since in self._since.items():
-            if not backend.supports_history:
-                self.recovered = False
-                self._enqueue(gap_event(channel, "history", since=since))
-                continue
-            page = await backend.ahistory(channel, limit=None, since=since)
-            if page.gap:
-                self.recovered = False
-                self._enqueue(gap_event(channel, "history", since=since))
-            newest[channel] = backend.id_key(since)
-            for message in page.messages:
-                self._enqueue(broadcast._decode(message))
-                newest[channel] = backend.id_key(message.id)
-        held, self._held = self._held or [], None
-        for event in held:
-            last = newest.get(event.channel)
-            if last is None or event.type == GAP or backend.id_key(event.id) > last:
-                self._enqueue(event)

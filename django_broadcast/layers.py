@@ -26,10 +26,14 @@ and existing Channels code keeps working, sharing its events with the rest of th
 - **Process-specific channels** (``new_channel()``, a consumer's ``channel_name``) are
   served by one inbox subscription per layer: ``send()`` to a channel of this process
   is a local hand-off (``ChannelFull`` past ``capacity``); to another process's, it
-  is published on that process's inbox channel (the part of the name before ``!``).
+  is published on that process's inbox channel. ``new_channel()`` needs no broker:
+  the inbox is subscribed in the background, again and again while the broker is
+  away, so a consumer starts whether or not the broker is up.
 - **Other channels** (``send("thumbnails", ...)`` to a worker) travel as in
   channels_redis's pub/sub layer: the message reaches every process that is receiving
   on that name at the time, and is lost if none is.
+- The layer's own broadcast channels (the inboxes and the other channels) live in the
+  reserved ``broadcast.layer.`` namespace, which browsers can never read or write.
 - **Every receiver gets its own copy** of a message, never a dict shared with other
   consumers.
 - **Bytes survive the trip.** Channel-layer messages may carry ``bytes`` (WebSocket
@@ -59,20 +63,17 @@ import random
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from .broadcast import Broadcast
-from .events import GAP, Event
+from .events import GAP, RESERVED_PREFIX, Event
 from .exceptions import BroadcastUnavailable, SubscriptionClosed
 from .handler import broadcasts
-from .hub import Subscription
 
 __all__ = ["BroadcastChannelLayer"]
 
@@ -81,7 +82,8 @@ logger = logging.getLogger(__name__)
 #: The event type of a ``send()`` to another process's channel.
 SEND_TYPE = "channels.send"
 _BYTES = "__bytes__"
-_CHANNEL_PREFIX = "layer.channel."
+#: The broadcast channels of the layer's inboxes and plain channels (reserved).
+_LAYER_PREFIX = RESERVED_PREFIX + "layer."
 #: Backoff, in seconds, between attempts to subscribe again after the broker stayed away.
 _RESUBSCRIBE_FIRST = 0.5
 _RESUBSCRIBE_MAX = 30.0
@@ -186,30 +188,82 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-@dataclass
 class _Reader:
-    """One broadcast subscription of the layer and the task that routes its events.
+    """One broadcast subscription of the layer, and the task that routes its events.
 
-    The task replaces ``subscription`` when it subscribes again after the broker
-    stayed away; :meth:`stop` closes whichever is current.
+    The task subscribes, routes, and subscribes again (with backoff) whenever the
+    subscription ends because the broker stayed away, for as long as the reader is
+    wanted. ``ready`` is done once the first subscription is in place; a ``strict``
+    reader gives up, with the error in ``ready``, if that first attempt fails.
     """
 
-    subscription: Subscription
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    task: asyncio.Task[None] = field(init=False)  # set right after, before any await
+    def __init__(
+        self, layer: BroadcastChannelLayer, name: str, route: Callable[[Event], None], strict: bool
+    ) -> None:
+        self.layer = layer
+        self.name = name
+        self.route = route
+        self.strict = strict
+        self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.ready.add_done_callback(_retrieve)
+        self.task = self.loop.create_task(self._run())
 
     @property
     def alive(self) -> bool:
         return not self.task.done() and not self.loop.is_closed()
+
+    async def _run(self) -> None:
+        delay = _RESUBSCRIBE_FIRST
+        while True:
+            subscription = self.layer.broadcast.subscribe(self.name)
+            try:
+                await subscription.open()
+            except (BroadcastUnavailable, SubscriptionClosed) as exc:
+                if self.strict and not self.ready.done():
+                    self.ready.set_exception(exc)
+                    return
+                logger.debug("channel layer could not subscribe to %r: %s", self.name, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, _RESUBSCRIBE_MAX)
+                continue
+            if self.ready.done():
+                logger.warning(
+                    "channel layer subscribed to %r again; events may be lost", self.name
+                )
+            else:
+                self.ready.set_result(None)
+            delay = _RESUBSCRIBE_FIRST
+            try:
+                async for event in subscription:
+                    if event.type == GAP:
+                        logger.warning(
+                            "channel layer missed events on %r: %s", self.name, event.data
+                        )
+                        continue
+                    try:
+                        self.route(event)
+                    except Exception:
+                        logger.exception("could not route an event of %r", self.name)
+                return  # closed: the alias was closed
+            except SubscriptionClosed as exc:
+                logger.error("channel layer subscription of %r ended: %s", self.name, exc)
+            finally:
+                await subscription.aclose()
 
     async def stop(self) -> None:
         if self.loop is _running_loop():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-            await self.subscription.aclose()  # the task may not have started
         elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.task.cancel)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a reader's first-subscription error as seen: its waiter may be gone."""
+    if not future.cancelled():
+        future.exception()
 
 
 class BroadcastChannelLayer(BaseChannelLayer):
@@ -243,11 +297,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._inboxes: dict[str, _Inbox] = {}
         self._next_sweep = 0.0
         self._groups: dict[str, dict[str, float]] = {}
-        self._my_inboxes: set[str] = set()  # broadcast channels of our specific channels
+        self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
         self._readers: dict[str, _Reader] = {}  # broadcast channel -> reader
-        self._reader_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
 
     @property
     def broadcast(self) -> Broadcast:
@@ -257,11 +308,14 @@ class BroadcastChannelLayer(BaseChannelLayer):
     # Channels ----------------------------------------------------------------------
 
     async def new_channel(self, prefix: str = "specific.") -> str:
-        """Make a process-specific channel name, served by this layer's inbox."""
+        """Make a process-specific channel name, served by this layer's inbox.
+
+        No broker round trip: the inbox is subscribed in the background.
+        """
         inbox = f"{prefix}{self.client_prefix}"
         self.require_valid_group_name(inbox)
         self._my_inboxes.add(inbox)
-        await self._ensure_reader(inbox, self._route_inbox)
+        self._start_reader(self._inbox_channel(inbox), self._route_inbox)
         return f"{inbox}!{uuid.uuid4().hex[:12]}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -277,7 +331,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._put(channel, expires, copy.deepcopy(message), strict=True)
                 return
             data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
-            await self.broadcast.apublish(inbox, data, type=SEND_TYPE)
+            await self.broadcast.apublish(self._inbox_channel(inbox), data, type=SEND_TYPE)
             return
         data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
         await self.broadcast.apublish(self._broker_channel(channel), data, type=SEND_TYPE)
@@ -290,16 +344,20 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """
         self.require_valid_channel_name(channel)
         if "!" in channel:
-            reader = channel.split("!", 1)[0]
-            assert reader in self._my_inboxes, f"{channel!r} is not a channel of this layer"
+            owner = channel.split("!", 1)[0]
+            assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
+            reader, local = self._inbox_channel(owner), True
         else:
-            reader = self._broker_channel(channel)
+            reader, local = self._broker_channel(channel), False
         self._sweep()
         loop = asyncio.get_running_loop()
         while True:
-            current = self._readers.get(reader)
-            if current is None or not current.alive:  # at first, and after a flush
-                await self._ensure_reader(reader, self._route_inbox)
+            # At first, and after a flush. Messages of a specific channel may be local
+            # hand-offs, so its receiver waits on the inbox at once; a plain channel's
+            # come only from the broker, so it waits for the subscription first.
+            current = self._start_reader(reader, self._route_inbox)
+            if not local:
+                await asyncio.shield(current.ready)
             with self._lock:
                 inbox = self._inbox(channel)
                 taken = self._take(channel, inbox)
@@ -380,11 +438,21 @@ class BroadcastChannelLayer(BaseChannelLayer):
             members.pop(channel, None)
 
     @staticmethod
-    def _broker_channel(channel: str) -> str:
-        name = _CHANNEL_PREFIX + channel
-        if len(name) > 100:
-            name = _CHANNEL_PREFIX + hashlib.sha1(channel.encode()).hexdigest()
-        return name
+    def _layer_channel(kind: str, name: str) -> str:
+        channel = f"{_LAYER_PREFIX}{kind}.{name}"
+        if len(channel) > 100:
+            channel = f"{_LAYER_PREFIX}{kind}.{hashlib.sha1(name.encode()).hexdigest()}"
+        return channel
+
+    @classmethod
+    def _broker_channel(cls, channel: str) -> str:
+        """The broadcast channel of a plain (not process-specific) channel."""
+        return cls._layer_channel("channel", channel)
+
+    @classmethod
+    def _inbox_channel(cls, inbox: str) -> str:
+        """The broadcast channel of an inbox (the part of a channel before ``!``)."""
+        return cls._layer_channel("inbox", inbox)
 
     # Groups ------------------------------------------------------------------------
 
@@ -394,7 +462,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         self._groups.setdefault(group, {})[channel] = time.time()
         try:
-            await self._ensure_reader(group, self._route_group)
+            await asyncio.shield(self._start_reader(group, self._route_group, strict=True).ready)
         except BaseException:
             await self.group_discard(group, channel)
             raise
@@ -422,61 +490,14 @@ class BroadcastChannelLayer(BaseChannelLayer):
 
     # Readers -----------------------------------------------------------------------
 
-    async def _ensure_reader(self, name: str, route: Callable[[Event], None]) -> None:
+    def _start_reader(
+        self, name: str, route: Callable[[Event], None], *, strict: bool = False
+    ) -> _Reader:
+        """The reader of broadcast channel ``name``, started if it is not running."""
         reader = self._readers.get(name)
-        if reader is not None and reader.alive:
-            return
-        loop = asyncio.get_running_loop()
-        lock = self._reader_locks.get(loop)
-        if lock is None:
-            lock = self._reader_locks[loop] = asyncio.Lock()
-        async with lock:
-            reader = self._readers.get(name)
-            if reader is not None and reader.alive:
-                return
-            subscription = self.broadcast.subscribe(name)
-            await subscription.__aenter__()
-            reader = self._readers[name] = _Reader(subscription, loop)
-            reader.task = loop.create_task(self._read(name, reader, route))
-
-    async def _read(self, name: str, reader: _Reader, route: Callable[[Event], None]) -> None:
-        """Route the events of ``name`` until stopped or the alias is closed.
-
-        A subscription that ends because the broker stayed away for longer than the
-        alias's ``RECONNECT_TIMEOUT`` is made anew, with backoff, for as long as this
-        reader is wanted: consumers in a group never stop receiving for good.
-        """
-        while True:
-            subscription = reader.subscription
-            try:
-                async for event in subscription:
-                    if event.type == GAP:
-                        logger.warning("channel layer missed events on %r: %s", name, event.data)
-                        continue
-                    try:
-                        route(event)
-                    except Exception:
-                        logger.exception("could not route an event of %r", name)
-                return  # closed: the alias was closed
-            except SubscriptionClosed as exc:
-                logger.error("channel layer subscription of %r ended: %s", name, exc)
-            finally:
-                await subscription.aclose()
-            reader.subscription = await self._subscribe_again(name)
-            logger.warning("channel layer subscribed to %r again; events may be lost", name)
-
-    async def _subscribe_again(self, name: str) -> Subscription:
-        delay = _RESUBSCRIBE_FIRST
-        while True:
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            subscription = self.broadcast.subscribe(name)
-            try:
-                await subscription.__aenter__()
-            except (BroadcastUnavailable, SubscriptionClosed) as exc:
-                logger.debug("subscribing to %r again failed: %s", name, exc)
-                delay = min(delay * 2, _RESUBSCRIBE_MAX)
-            else:
-                return subscription
+        if reader is None or not reader.alive:
+            reader = self._readers[name] = _Reader(self, name, route, strict)
+        return reader
 
     def _route_group(self, event: Event) -> None:
         members = list(self._groups.get(event.channel, ()))

@@ -17,7 +17,9 @@ A whole ``asgi.py`` (daphne: ``daphne myproject.asgi:application``; uvicorn:
 That serves the WebSocket protocol at ``/broadcast/ws/`` and Server-Sent Events at
 ``/broadcast/events/?channel=...``, both behind ``AuthMiddlewareStack`` (so the
 policy sees ``request.user``), the WebSocket also behind
-``AllowedHostsOriginValidator``, and every other HTTP request goes to Django. To add
+``AllowedHostsOriginValidator``; every other HTTP request goes to Django, and the ASGI
+``lifespan`` protocol is answered: on shutdown the event streams end and every
+alias's broker connections are closed. To add
 your own consumers, pass their patterns: ``application(django_asgi_app,
 websocket=[path("chat/<room>/", ChatConsumer.as_asgi())])``; or build your own
 ``ProtocolTypeRouter`` from :data:`websocket_urlpatterns` and
@@ -26,6 +28,7 @@ websocket=[path("chat/<room>/", ChatConsumer.as_asgi())])``; or build your own
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,15 +38,20 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import URLPattern, URLResolver, path, re_path
 from django.urls.resolvers import RegexPattern
 
-from .consumers import BroadcastWebsocketConsumer, EventStreamConsumer
+from .consumers import BroadcastWebsocketConsumer, EventStreamConsumer, shutdown
+from .consumers.outlet import capture_server_send
+from .handler import broadcasts
 
 __all__ = [
     "application",
     "http_router",
     "http_urlpatterns",
+    "lifespan",
     "websocket_router",
     "websocket_urlpatterns",
 ]
+
+logger = logging.getLogger("django_broadcast.routing")
 
 Patterns = Sequence[URLPattern | URLResolver]
 
@@ -60,8 +68,10 @@ http_urlpatterns: list[URLPattern | URLResolver] = [
 
 def websocket_router(extra: Patterns = ()) -> Any:
     """The WebSocket patterns plus ``extra``, behind the origin check and auth."""
-    return AllowedHostsOriginValidator(
-        AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *extra]))
+    return capture_server_send(
+        AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *extra]))
+        )
     )
 
 
@@ -74,16 +84,41 @@ def _with_auth(pattern: URLPattern | URLResolver) -> URLPattern:
 
 def http_router(django_app: Any, extra: Patterns = ()) -> Any:
     """The SSE patterns plus ``extra``, each behind auth; everything else to Django."""
-    return URLRouter(
-        [
-            *(_with_auth(pattern) for pattern in [*http_urlpatterns, *extra]),
-            re_path(r"", django_app),
-        ]
+    return capture_server_send(
+        URLRouter(
+            [
+                *(_with_auth(pattern) for pattern in [*http_urlpatterns, *extra]),
+                re_path(r"", django_app),
+            ]
+        )
     )
 
 
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI ``lifespan`` protocol: on shutdown, end the event streams and close
+    every alias's broker connections."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            shutdown.shut_down()
+            for instance in broadcasts.all(initialized_only=True):
+                try:
+                    await instance.aclose()
+                except Exception:
+                    logger.exception("closing alias %r failed", instance.alias)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def application(django_app: Any, *, websocket: Patterns = (), http: Patterns = ()) -> Any:
-    """A whole ``ProtocolTypeRouter``: the broadcast consumers, yours, then Django."""
+    """A whole ``ProtocolTypeRouter``: the broadcast consumers, yours, then Django, and
+    the ``lifespan`` protocol."""
     return ProtocolTypeRouter(
-        {"http": http_router(django_app, http), "websocket": websocket_router(websocket)}
+        {
+            "http": http_router(django_app, http),
+            "websocket": websocket_router(websocket),
+            "lifespan": lifespan,
+        }
     )

@@ -251,3 +251,21 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Start servers of the test project (``tests/servers.py``): ``serve("daphne",
+    url=..., entry=...)``; every one is stopped at the end of the test."""
+    from .servers import Server
+
+    started: list[Server] = []
+
+    def start(kind: str, **settings: Any) -> Server:
+        server = Server(kind, **settings)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.close()

@@ -16,7 +16,7 @@ from django_broadcast import Broadcast
 from django_broadcast.consumers import EventStreamConsumer
 from django_broadcast.consumers.sse import format_position, parse_position
 
-from .conftest import alias_settings, using
+from .conftest import PrivateRedis, alias_settings, using
 
 TIMEOUT = 5
 
@@ -89,7 +89,8 @@ async def test_headers_retry_and_events(bc: Broadcast, channel: str) -> None:
     assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
     assert headers[b"cache-control"] == b"no-cache"
     assert headers[b"x-accel-buffering"] == b"no"
-    assert await stream.block() == "retry: 3000"
+    # Before any event: the retry, and the position the stream would resume from.
+    assert await stream.block() == f"retry: 3000\nid: {bc.backend.origin or 'live'}"
     event = await sync_to_async(bc.publish)(channel, {"text": "hi"}, type="chat")
     assert event is not None
     assert await stream.event() == {
@@ -112,7 +113,7 @@ async def test_keep_alive_comments(bc: Broadcast, channel: str) -> None:
     with override_settings(BROADCAST_CLIENTS={"KEEPALIVE": 0.05}):
         stream = Stream(f"channel={channel}")
         await stream.start()
-        assert await stream.block() == "retry: 3000"
+        assert (await stream.block()).startswith("retry: 3000\nid: ")
         assert await stream.block() == ": keep-alive"
         await stream.close()
 
@@ -186,7 +187,7 @@ async def test_too_many_channels(bc: Broadcast) -> None:
 
 async def test_history_permission_is_needed_to_resume(bc: Broadcast, channel: str) -> None:
     with override_settings(BROADCAST_AUTH={"POLICY": f"{__name__}.deny_history"}):
-        stream = Stream(f"channel={channel}&last_event_id=1")
+        stream = Stream(f"channel={channel}&last_event_id={bc.backend.origin or '1-1'}")
         assert (await stream.start())["status"] == 403
         stream = Stream(f"channel={channel}")
         assert (await stream.start())["status"] == 200
@@ -219,3 +220,44 @@ async def test_alias_close_ends_the_stream(bc: Broadcast, channel: str) -> None:
         if not message.get("more_body"):
             break
     assert ": closed" in text
+
+
+async def test_a_stream_that_loses_the_broker_ends_without_naming_it(
+    private_redis: PrivateRedis, channel: str
+) -> None:
+    with using({"URL": private_redis.url, "TIMEOUT": 1, "RECONNECT_TIMEOUT": 1}) as bc:
+        stream = Stream(f"channel={channel}")
+        await stream.start()
+        private_redis.kill()
+        text = ""
+        while True:
+            message = await asyncio.wait_for(stream.app.receive_output(15), 15)
+            text += bytes(message["body"]).decode()
+            if not message.get("more_body"):
+                break
+        assert ": closed" in text
+        assert str(private_redis.port) not in text and "redis" not in text
+        await bc.aclose()
+
+
+async def test_lifespan_shutdown_ends_streams_and_closes_the_aliases(
+    bc: Broadcast, channel: str
+) -> None:
+    from django_broadcast.routing import lifespan
+
+    stream = Stream(f"channel={channel}")
+    await stream.start()
+    assert channel in bc._hub().channels
+    app = ApplicationCommunicator(lifespan, {"type": "lifespan"})
+    await app.send_input({"type": "lifespan.startup"})
+    assert (await app.receive_output(TIMEOUT))["type"] == "lifespan.startup.complete"
+    await app.send_input({"type": "lifespan.shutdown"})
+    assert (await app.receive_output(TIMEOUT))["type"] == "lifespan.shutdown.complete"
+    text = ""
+    while True:
+        message = await stream.app.receive_output(TIMEOUT)
+        text += bytes(message["body"]).decode()
+        if not message.get("more_body"):
+            break
+    assert ": the server is shutting down" in text
+    assert bc._hub().channels == set()

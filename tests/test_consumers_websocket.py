@@ -13,9 +13,9 @@ from django.test import override_settings
 
 from django_broadcast import Broadcast
 from django_broadcast.consumers import BroadcastWebsocketConsumer
-from django_broadcast.consumers.frames import frames
+from django_broadcast.consumers.frames import frame_cache
 
-from .conftest import alias_settings, using
+from .conftest import PrivateRedis, alias_settings, using
 
 TIMEOUT = 5
 
@@ -57,7 +57,10 @@ async def test_subscribe_and_receive(
     ws: WebsocketCommunicator, bc: Broadcast, channel: str
 ) -> None:
     reply = await send(ws, {"op": "subscribe", "channel": channel})
-    assert reply == {"op": "subscribed", "channel": channel, "recovered": False}
+    # A new channel's position is the backend's "from the start" (none without history).
+    assert reply == {
+        "op": "subscribed", "channel": channel, "recovered": False, "position": bc.backend.origin
+    }  # fmt: skip
     event = await sync_to_async(bc.publish)(channel, {"text": "hi"}, type="chat")
     assert event is not None
     assert await next_frame(ws) == {
@@ -76,7 +79,9 @@ async def test_resume_replays_then_goes_live(backend_name: str, channel: str) ->
                 assert reply["recovered"] is False
                 assert (await next_frame(ws))["type"] == "broadcast.gap"
                 return
-            assert reply == {"op": "subscribed", "channel": channel, "recovered": True}
+            assert reply == {
+                "op": "subscribed", "channel": channel, "recovered": True, "position": since
+            }  # fmt: skip
             assert [(await next_frame(ws))["data"] for _ in range(3)] == [2, 3, 4]
             await bc.apublish(channel, 5)
             assert (await next_frame(ws))["data"] == 5
@@ -200,11 +205,11 @@ async def test_an_event_is_encoded_once_for_many_clients(bc: Broadcast, channel:
     try:
         for ws in clients:
             await send(ws, {"op": "subscribe", "channel": channel})
-        before = frames.encoded
+        before = frame_cache(bc).encoded
         await bc.apublish(channel, {"big": "x" * 1000})
         received = [await next_frame(ws) for ws in clients]
         assert all(frame["data"] == {"big": "x" * 1000} for frame in received)
-        assert frames.encoded - before == 1
+        assert frame_cache(bc).encoded - before == 1
     finally:
         for ws in clients:
             await ws.disconnect()
@@ -222,7 +227,8 @@ async def test_static_channels_and_an_authorize_hook(bc: Broadcast) -> None:
     ws = await connect(LobbyConsumer)
     try:
         assert await next_frame(ws) == {
-            "op": "subscribed", "channel": "open.lobby", "recovered": False
+            "op": "subscribed", "channel": "open.lobby", "recovered": False,
+            "position": bc.backend.origin,
         }  # fmt: skip
         reply = await send(ws, {"op": "subscribe", "channel": "t-other"})
         assert reply["code"] == "forbidden"
@@ -236,7 +242,44 @@ def test_frames_are_compact_json() -> None:
     from django_broadcast.consumers.frames import websocket_frame
     from django_broadcast.events import Event, utcnow
 
-    frame = websocket_frame(Event("c", "t", {"é": 1}, "1", utcnow()))
+    with using(alias_settings("memory")) as bc:
+        frame = websocket_frame(Event("c", "t", {"é": 1}, "1", utcnow()), bc)
     assert json.loads(frame) == {"op": "event", "channel": "c", "id": "1", "type": "t",
                                  "data": {"é": 1}}  # fmt: skip
     assert " " not in frame
+
+
+async def test_frames_are_not_shared_between_aliases(channel: str) -> None:
+    # Two memory aliases one after the other both number their first event "1".
+    for text in ("first alias", "second alias"):
+        with using(alias_settings("memory")) as bc:
+            ws = await connect()
+            try:
+                await send(ws, {"op": "subscribe", "channel": channel})
+                sent = await bc.apublish(channel, text)
+                assert sent.id == "1"
+                assert (await next_frame(ws))["data"] == text
+            finally:
+                await ws.disconnect()
+                await bc.aclose()
+
+
+async def test_a_closed_subscription_is_told_without_the_brokers_address(
+    private_redis: PrivateRedis, channel: str
+) -> None:
+    with using({"URL": private_redis.url, "TIMEOUT": 1, "RECONNECT_TIMEOUT": 1}) as bc:
+        ws = await connect()
+        try:
+            await send(ws, {"op": "subscribe", "channel": channel})
+            private_redis.kill()
+            frame = await ws.receive_json_from(timeout=15)
+            assert frame["op"] == "error" and frame["code"] == "subscription_closed"
+            assert str(private_redis.port) not in frame["message"]
+            assert "127.0.0.1" not in frame["message"]
+            # The connection is still up: a new subscribe is answered.
+            reply = await send(ws, {"op": "subscribe", "channel": channel})
+            assert reply["code"] == "unavailable"
+            assert str(private_redis.port) not in reply["message"]
+        finally:
+            await ws.disconnect()
+            await bc.aclose()

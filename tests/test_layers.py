@@ -77,9 +77,22 @@ async def until(condition: Callable[[], bool]) -> None:
     await asyncio.wait_for(poll(), TIMEOUT)
 
 
+def inbox_of(channel: str) -> str:
+    """The broadcast channel that carries a process-specific channel's messages."""
+    return BroadcastChannelLayer._inbox_channel(channel.split("!")[0])
+
+
 async def subscribed(bc: Broadcast, broker_channel: str) -> None:
     """Wait until this event loop holds a confirmed subscription to ``broker_channel``."""
     await until(lambda: broker_channel in bc._hub().channels)
+
+
+async def ready_channel(layer: BroadcastChannelLayer) -> str:
+    """A new channel of ``layer`` whose inbox is subscribed, so that another process
+    can reach it (``new_channel()`` itself does not wait for the broker)."""
+    channel = await layer.new_channel()
+    await subscribed(layer.broadcast, inbox_of(channel))
+    return channel
 
 
 async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
@@ -229,9 +242,9 @@ async def test_flush_empties_channels_and_groups(layer: BroadcastChannelLayer, g
     await layer.send(channel, {"type": "before.flush"})
     await layer.flush()
     await layer.group_send(group, {"type": "after.flush"})
-    channel = await layer.new_channel()
+    channel = await ready_channel(layer)
     assert await nothing_arrives(layer, channel)
-    assert layer.broadcast._hub().channels == {channel.split("!")[0]}
+    assert layer.broadcast._hub().channels == {inbox_of(channel)}
 
 
 async def test_a_receiver_waiting_across_a_flush_gets_later_messages(
@@ -283,7 +296,7 @@ async def test_layers_as_separate_processes(bc: Broadcast, group: str) -> None:
     first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
     try:
         assert first.client_prefix != second.client_prefix
-        channel = await first.new_channel()
+        channel = await ready_channel(first)
         await second.send(channel, {"type": "test.message", "text": "across"})
         assert (await receive(first, channel))["text"] == "across"
 
@@ -354,7 +367,7 @@ async def test_group_messages_past_capacity_are_dropped_and_logged(
 async def test_messages_from_another_process_past_capacity_are_dropped(bc: Broadcast) -> None:
     receiver, sender = BroadcastChannelLayer(capacity=3), BroadcastChannelLayer()
     try:
-        full, witness = await receiver.new_channel(), await receiver.new_channel()
+        full, witness = await ready_channel(receiver), await ready_channel(receiver)
         for n in range(4):
             await sender.send(full, {"type": "m", "n": n})
         await sender.send(witness, {"type": "witness"})
@@ -565,7 +578,7 @@ async def test_each_member_gets_its_own_copy(layer: BroadcastChannelLayer, group
 async def test_bytes_survive_the_trip(bc: Broadcast, group: str) -> None:
     first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
     try:
-        channel = await first.new_channel()
+        channel = await ready_channel(first)
         await second.send(channel, {"type": "websocket.send", "bytes": b"\x00\xffraw"})
         assert (await receive(first, channel))["bytes"] == b"\x00\xffraw"
         await first.group_add(group, channel)
@@ -598,10 +611,10 @@ async def test_many_consumers_one_broker_subscription(
     for channel in channels:
         await layer.group_add(group, channel)
     # One inbox and one group subscription, however many consumers.
-    assert layer.broadcast._hub().channels == {group, channels[0].split("!")[0]}
+    assert layer.broadcast._hub().channels == {group, inbox_of(channels[0])}
     for channel in channels:
         await layer.group_discard(group, channel)
-    assert layer.broadcast._hub().channels == {channels[0].split("!")[0]}
+    assert layer.broadcast._hub().channels == {inbox_of(channels[0])}
 
 
 # Channels' layer specification ----------------------------------------------------
@@ -677,7 +690,7 @@ async def test_every_type_the_spec_allows_survives_the_trip(bc: Broadcast) -> No
         "none": None,
     }
     try:
-        channel = await first.new_channel()
+        channel = await ready_channel(first)
         await second.send(channel, {"type": "typed", **values, "tuple": (1, 2)})
         assert await receive(first, channel) == {"type": "typed", **values, "tuple": [1, 2]}
     finally:

@@ -21,9 +21,15 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("E2E_PREFIX", "bench:e2e:")
 CASE = os.environ.get("E2E_CASE", "consumer")
 
-BROADCAST = {"default": {"URL": REDIS_URL, "OPTIONS": {"prefix": PREFIX}}}
-BROADCAST_AUTH = {"PUBLIC": ["bench"]}
-BROADCAST_CLIENTS = {"MAX_SUBSCRIPTIONS": 5}
+BROADCAST = {
+    "default": {
+        "URL": os.environ.get("E2E_URL", REDIS_URL),
+        "OPTIONS": {"prefix": PREFIX},
+        "QUEUE_SIZE": int(os.environ.get("E2E_QUEUE_SIZE", "1000")),
+    }
+}
+BROADCAST_AUTH = {"PUBLIC": ["bench", "soak-*"]}
+BROADCAST_CLIENTS = {"MAX_SUBSCRIPTIONS": 60}
 if CASE.startswith("anchor"):
     CHANNEL_LAYERS = {
         "default": {

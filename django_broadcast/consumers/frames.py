@@ -2,29 +2,37 @@
 
 The hub hands the same :class:`~django_broadcast.events.Event` to every subscriber of
 a process, so a bounded cache keyed by (kind, channel, id) lets a thousand WebSocket
-or SSE clients of one event cost one JSON encoding, not a thousand.
+or SSE clients of one event cost one JSON encoding, not a thousand. Each alias has a
+cache of its own, kept as long as the alias is: ids are only unique within one alias
+(and ``override_settings`` makes a new alias whose ids start over).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ..broadcast import Broadcast
 from ..events import GAP, Event
 
-__all__ = ["FrameCache", "frames", "sse_body", "websocket_frame"]
+__all__ = ["FrameCache", "frame_cache", "sse_body", "websocket_frame"]
 
 
 class FrameCache:
-    """A bounded least-recently-used map of (kind, channel, id) to frame text."""
+    """A least-recently-used map of (kind, channel, id) to frame text, bounded both in
+    frames and in characters: a frame is reused while an event is fanned out to the
+    local clients, so the cache only needs the newest events, however big they are."""
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int = 1024, max_chars: int = 4 * 1024 * 1024) -> None:
         self.size = size
+        self.max_chars = max_chars
         #: How many frames were encoded (a test can tell reuse from re-encoding).
         self.encoded = 0
         self._frames: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._chars = 0
         self._lock = threading.Lock()
 
     def get(self, kind: str, event: Event, make: Callable[[Event], str]) -> str:
@@ -44,14 +52,25 @@ class FrameCache:
         frame = make(event)
         with self._lock:
             self.encoded += 1
-            self._frames[key] = frame
-            if len(self._frames) > self.size:
-                self._frames.popitem(last=False)
+            if key not in self._frames:
+                self._frames[key] = frame
+                self._chars += len(frame)
+            while self._frames and (len(self._frames) > self.size or self._chars > self.max_chars):
+                self._chars -= len(self._frames.popitem(last=False)[1])
         return frame
 
 
-#: The process's cache.
-frames = FrameCache()
+_caches: weakref.WeakKeyDictionary[Broadcast, FrameCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def frame_cache(broadcast: Broadcast) -> FrameCache:
+    """The frame cache of one alias."""
+    cache = _caches.get(broadcast)
+    if cache is None:
+        with _caches_lock:
+            cache = _caches.setdefault(broadcast, FrameCache())
+    return cache
 
 
 def _dumps(value: object) -> str:
@@ -72,12 +91,12 @@ def _sse(event: Event) -> str:
     return f"event: {name}\ndata: {data}\n\n"
 
 
-def websocket_frame(event: Event) -> str:
-    """The ``{"op": "event", ...}`` text frame of ``event``."""
-    return frames.get("ws", event, _websocket)
+def websocket_frame(event: Event, broadcast: Broadcast) -> str:
+    """The ``{"op": "event", ...}`` text frame of ``event``, an event of ``broadcast``."""
+    return frame_cache(broadcast).get("ws", event, _websocket)
 
 
-def sse_body(event: Event) -> str:
-    """The ``event:`` and ``data:`` lines of ``event`` (the ``id:`` line is the
-    stream's own, since it carries the position of every channel of the stream)."""
-    return frames.get("sse", event, _sse)
+def sse_body(event: Event, broadcast: Broadcast) -> str:
+    """The ``event:`` and ``data:`` lines of ``event``, an event of ``broadcast`` (the
+    ``id:`` line is the stream's own: it carries the position of every channel)."""
+    return frame_cache(broadcast).get("sse", event, _sse)

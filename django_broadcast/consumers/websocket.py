@@ -8,7 +8,7 @@ Client to server (text frames)::
 
 Server to client::
 
-    {"op": "subscribed", "channel": "chat.lobby", "recovered": true}
+    {"op": "subscribed", "channel": "chat.lobby", "recovered": true, "position": "<id>"}
     {"op": "event", "channel": "chat.lobby", "id": "...", "type": "...", "data": ...}
     {"op": "unsubscribed", "channel": "chat.lobby"}
     {"op": "published", "channel": "chat.lobby", "id": "..."}
@@ -16,18 +16,27 @@ Server to client::
 
 ``subscribe`` with ``since`` first replays the events after it, then goes live;
 ``recovered`` says whether every event after ``since`` was delivered (false when a
-``broadcast.gap`` event stands in for some, or without ``since``). Subscribing again
-to a subscribed channel restarts it from the new ``since``.
+``broadcast.gap`` event stands in for some, or without ``since``). ``position`` is,
+on backends with history, the id to resume the channel from (the channel's newest id
+at subscribe time, or ``since``): a client that keeps it, and moves it on with each
+event's id, resumes a quiet channel without loss. It is null on backends without
+history. Subscribing again to a subscribed channel restarts it from the new
+``since`` (the old subscription keeps running until the new one is in place).
 
-Every bad frame gets an ``error`` frame and the connection stays up. Codes:
-``malformed`` (not JSON, not an object, unknown ``op``, missing or wrong field),
-``too_large`` (a frame over ``BROADCAST_CLIENTS["MAX_FRAME_SIZE"]``, or a publish over
-the alias's size limit), ``invalid_channel``, ``bad_since``, ``forbidden`` (the
-policy said no), ``too_many_subscriptions`` (over ``MAX_SUBSCRIPTIONS``),
-``not_subscribed``, ``invalid_data`` (a publish the codec cannot encode, or a
-``broadcast.*`` type), ``unavailable`` (the broker could not be reached) and
-``subscription_closed`` (the subscriber fell behind or the broker stayed away; the
-client may subscribe again).
+Every bad frame gets an ``error`` frame and the connection stays up, its other
+subscriptions unaffected. Codes: ``malformed`` (not JSON, nested too deeply, not an
+object, unknown ``op``, missing or wrong field), ``too_large`` (a frame over
+``BROADCAST_CLIENTS["MAX_FRAME_SIZE"]``, or a publish over the alias's size limit),
+``invalid_channel``, ``bad_since``, ``forbidden`` (the policy said no, or the channel
+is reserved), ``too_many_subscriptions`` (over ``MAX_SUBSCRIPTIONS``),
+``not_subscribed``, ``invalid_data`` (a publish the codec cannot encode, a reserved
+``type``, or ``data`` keys a Channels consumer would read as the layer's own),
+``unavailable`` (the broker could not be reached: retry later), ``subscription_closed``
+(the subscriber fell behind or the broker stayed away: subscribe again from the
+position) and ``internal`` (the server failed; it is logged). Error messages never
+name the broker.
+
+However a connection ends, every subscription it held is released.
 """
 
 from __future__ import annotations
@@ -44,31 +53,55 @@ from django.contrib.auth.models import AnonymousUser
 from .. import auth
 from ..broadcast import Broadcast
 from ..clients import ClientSettings, client_settings
-from ..events import validate_channel
-from ..exceptions import BroadcastUnavailable, MessageTooLarge, SubscriptionClosed
+from ..events import RESERVED_PREFIX, validate_channel
+from ..exceptions import (
+    BroadcastUnavailable,
+    MessageTooLarge,
+    SubscriptionClosed,
+    SubscriptionOverflow,
+)
 from ..handler import broadcasts
-from ..hub import Subscription
+from ..subscription import Subscription
 from .frames import websocket_frame
+from .outlet import Outlet
 
-__all__ = ["BroadcastWebsocketConsumer", "ProtocolError"]
+__all__ = ["LAYER_FIELDS", "RESERVED_TYPE_PREFIXES", "BroadcastWebsocketConsumer", "ProtocolError"]
 
 logger = logging.getLogger(__name__)
+
+#: Event types a browser may never publish: ASGI's and Channels' own message types
+#: (a Channels consumer in a group would act on them) and django_broadcast's.
+RESERVED_TYPE_PREFIXES = ("websocket.", "http.", "lifespan.", "channels.", RESERVED_PREFIX)
+
+#: Keys of a browser publish's ``data`` that a Channels consumer in a group would read
+#: as the channel layer's own fields.
+LAYER_FIELDS = frozenset({"type", "channel", "id", "data"})
+
+_MAX_ID_LENGTH = 100
+_ECHO_LIMIT = 200
 
 
 class ProtocolError(Exception):
     """A client frame that is refused: sent back as an ``error`` frame."""
 
-    def __init__(self, code: str, message: str, channel: str | None = None) -> None:
+    def __init__(self, code: str, message: str, channel: object = None) -> None:
         super().__init__(message)
         self.code = code
         self.channel = channel
 
     def frame(self) -> dict[str, Any]:
-        """The ``error`` frame."""
+        """The ``error`` frame; the channel is echoed only where it is a short string."""
         frame: dict[str, Any] = {"op": "error", "code": self.code, "message": str(self)}
-        if self.channel is not None:
+        if isinstance(self.channel, str) and len(self.channel) <= _ECHO_LIMIT:
             frame["channel"] = self.channel
         return frame
+
+
+def closed_reason(exc: SubscriptionClosed) -> str:
+    """What a browser is told when its subscription ended: never the broker's address."""
+    if isinstance(exc, SubscriptionOverflow):
+        return "the subscriber fell behind: subscribe again from the last position"
+    return "the event broker is unavailable: subscribe again from the last position"
 
 
 class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
@@ -78,23 +111,37 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
     or to decide access in the consumer (:meth:`authorize`).
     """
 
+    subscriptions: dict[str, asyncio.Task[None]]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.subscriptions = {}
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the connection ended (a disconnect, an error, the server
+            # cancelling the application), nothing it held outlives it.
+            await self._release_all()
+
     async def connect(self) -> None:
         """Accept, then subscribe to :meth:`get_channels` (each authorized)."""
         self.settings: ClientSettings = client_settings()
         self.broadcast: Broadcast = broadcasts[self.settings.using]
-        self.subscriptions: dict[str, asyncio.Task[None]] = {}
+        self.outlet = Outlet(self.scope, self.settings.max_buffer)
         await self.accept()
         for channel in self.get_channels():
             await self._handle({"op": "subscribe", "channel": channel})
 
     async def disconnect(self, code: int) -> None:
         """Release every subscription."""
-        tasks = list(getattr(self, "subscriptions", {}).values())
+        await self._release_all()
+
+    async def _release_all(self) -> None:
+        tasks = list(self.subscriptions.values())
+        self.subscriptions.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Each task releases its subscription as it ends; wait for all of them.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # Hooks -------------------------------------------------------------------------
 
@@ -114,7 +161,7 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise ProtocolError("malformed", "send JSON text frames, not binary ones")
-            size = len(text_data.encode())
+            size = len(text_data.encode("utf-8", "surrogatepass"))
             if size > self.settings.max_frame_size:
                 raise ProtocolError(
                     "too_large",
@@ -124,11 +171,14 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
                 frame = json.loads(text_data)
             except ValueError as exc:
                 raise ProtocolError("malformed", f"frame is not JSON: {exc}") from None
+            except RecursionError:
+                raise ProtocolError("malformed", "frame is nested too deeply") from None
             if not isinstance(frame, dict):
                 raise ProtocolError("malformed", "frame must be a JSON object with an 'op'")
-            await self._handle(frame)
         except ProtocolError as exc:
-            await self._send_json(exc.frame())
+            await self._send_control(exc.frame())
+            return
+        await self._handle(frame)
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         op = frame.get("op")
@@ -141,10 +191,15 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
                 await self._publish(frame)
             else:
                 raise ProtocolError(
-                    "malformed", f"unknown op {op!r}: use subscribe, unsubscribe or publish"
+                    "malformed", "unknown 'op': use subscribe, unsubscribe or publish"
                 )
         except ProtocolError as exc:
-            await self._send_json(exc.frame())
+            await self._send_control(exc.frame())
+        except Exception:
+            logger.exception("a %s frame failed", op if isinstance(op, str) else "client")
+            channel = frame.get("channel")
+            error = ProtocolError("internal", "the server could not handle this frame", channel)
+            await self._send_control(error.frame())
 
     def _channel(self, frame: dict[str, Any]) -> str:
         channel = frame.get("channel")
@@ -155,16 +210,23 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         except ValueError as exc:
             raise ProtocolError("invalid_channel", str(exc), channel) from None
 
-    async def _subscribe(self, frame: dict[str, Any]) -> None:
-        channel = self._channel(frame)
+    def _since(self, frame: dict[str, Any], channel: str) -> str | None:
         since = frame.get("since")
-        if since is not None and not isinstance(since, str):
+        if since is None:
+            return None
+        if not isinstance(since, str) or not since or len(since) > _MAX_ID_LENGTH:
             raise ProtocolError("bad_since", "'since' must be an event id string", channel)
-        if since is not None and self.broadcast.backend.supports_history:
+        backend = self.broadcast.backend
+        if backend.supports_history:
             try:
-                self.broadcast.backend.id_key(since)
+                backend.id_key(since)
             except ValueError as exc:
                 raise ProtocolError("bad_since", str(exc), channel) from None
+        return since
+
+    async def _subscribe(self, frame: dict[str, Any]) -> None:
+        channel = self._channel(frame)
+        since = self._since(frame, channel)
         if channel not in self.subscriptions and (
             len(self.subscriptions) >= self.settings.max_subscriptions
         ):
@@ -177,29 +239,61 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
             since is not None and not await self.authorize(channel, "history")
         ):
             raise ProtocolError("forbidden", f"not allowed to subscribe to {channel!r}", channel)
-        await self._stop(channel)
         subscription = self.broadcast.subscribe(channel, since=since)
         try:
-            await subscription.__aenter__()
+            await subscription.open()
         except BroadcastUnavailable as exc:
             logger.warning("subscribe to %r failed: %s", channel, exc)
-            raise ProtocolError("unavailable", "the event broker is unavailable", channel) from None
-        await self._send_json(
-            {"op": "subscribed", "channel": channel, "recovered": bool(subscription.recovered)}
-        )
+            raise ProtocolError(
+                "unavailable", "the event broker is unavailable: retry later", channel
+            ) from None
+        try:
+            await self._stop(channel)  # the new subscription is in place: replace the old
+            await self._send_control(
+                {
+                    "op": "subscribed",
+                    "channel": channel,
+                    "recovered": bool(subscription.recovered),
+                    "position": subscription.positions.get(channel),
+                }
+            )
+        except BaseException:
+            await subscription.aclose()
+            raise
         self.subscriptions[channel] = asyncio.get_running_loop().create_task(
             self._forward(channel, subscription)
         )
 
     async def _forward(self, channel: str, subscription: Subscription) -> None:
+        outlet = self.outlet
         try:
             async for event in subscription:
-                await self.send(text_data=websocket_frame(event))
+                await self.send(text_data=websocket_frame(event, self.broadcast))
+                if outlet.behind():
+                    # The client does not read: stop taking its events, so that its
+                    # queue fills and OVERFLOW applies, until the server has sent
+                    # what it holds (or the subscription ended).
+                    await outlet.drained(lambda: subscription.closed)
+                    if subscription.closed:
+                        await subscription.aclose()
         except SubscriptionClosed as exc:
-            self.subscriptions.pop(channel, None)
-            await self._send_json(ProtocolError("subscription_closed", str(exc), channel).frame())
+            self._forget(channel)
+            await self._send_control(
+                ProtocolError("subscription_closed", closed_reason(exc), channel).frame()
+            )
+        except Exception:
+            logger.exception("forwarding the events of %r failed", channel)
+            self._forget(channel)
+            await self._send_control(
+                ProtocolError("internal", "the server stopped this subscription", channel).frame()
+            )
         finally:
             await subscription.aclose()
+
+    def _forget(self, channel: str) -> None:
+        """Drop the current task's own entry (never a newer subscription's)."""
+        if self.subscriptions.get(channel) is asyncio.current_task():
+            del self.subscriptions[channel]
 
     async def _stop(self, channel: str) -> bool:
         task = self.subscriptions.pop(channel, None)
@@ -214,29 +308,49 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         channel = self._channel(frame)
         if not await self._stop(channel):
             raise ProtocolError("not_subscribed", f"not subscribed to {channel!r}", channel)
-        await self._send_json({"op": "unsubscribed", "channel": channel})
+        await self._send_control({"op": "unsubscribed", "channel": channel})
 
     async def _publish(self, frame: dict[str, Any]) -> None:
         channel = self._channel(frame)
         if "data" not in frame:
             raise ProtocolError("malformed", "a publish frame needs 'data'", channel)
         type_ = frame.get("type", "message")
-        if not isinstance(type_, str) or not type_ or type_.startswith("broadcast."):
+        if not isinstance(type_, str) or not type_ or len(type_) > _MAX_ID_LENGTH:
             raise ProtocolError(
-                "invalid_data", "'type' must be a non-empty string not starting with "
-                "'broadcast.'", channel,
+                "invalid_data", "'type' must be a non-empty string of at most 100 characters",
+                channel,
             )  # fmt: skip
+        if type_.startswith(RESERVED_TYPE_PREFIXES):
+            raise ProtocolError(
+                "invalid_data",
+                f"'type' may not start with {', '.join(RESERVED_TYPE_PREFIXES)}: those are "
+                f"the message types of ASGI, Channels and django_broadcast",
+                channel,
+            )
+        data = frame["data"]
+        if isinstance(data, dict) and LAYER_FIELDS.intersection(data):
+            raise ProtocolError(
+                "invalid_data",
+                f"'data' may not have the keys {', '.join(sorted(LAYER_FIELDS))}: a Channels "
+                f"consumer reads them as the channel layer's own; nest your values",
+                channel,
+            )
         if not await self.authorize(channel, "publish"):
             raise ProtocolError("forbidden", f"not allowed to publish to {channel!r}", channel)
         try:
-            event = await self.broadcast.apublish(channel, frame["data"], type=type_)
+            event = await self.broadcast.apublish(channel, data, type=type_)
         except MessageTooLarge as exc:
             raise ProtocolError("too_large", str(exc), channel) from None
         except (TypeError, ValueError) as exc:
             raise ProtocolError("invalid_data", str(exc), channel) from None
-        except BroadcastUnavailable:
-            raise ProtocolError("unavailable", "the event broker is unavailable", channel) from None
-        await self._send_json({"op": "published", "channel": channel, "id": event.id})
+        except BroadcastUnavailable as exc:
+            logger.warning("publish to %r failed: %s", channel, exc)
+            raise ProtocolError(
+                "unavailable", "the event broker is unavailable: retry later", channel
+            ) from None
+        await self._send_control({"op": "published", "channel": channel, "id": event.id})
 
-    async def _send_json(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+    async def _send_control(self, frame: dict[str, Any]) -> None:
+        # ASCII JSON: whatever a client sent that is echoed back (a lone surrogate in
+        # a channel name, say) is escaped, never a frame the server cannot encode.
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))

@@ -45,6 +45,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 
 BROADCAST = {"default": {"URL": os.environ.get("BROADCAST_URL", "memory://")}}
+if "BROADCAST_PREFIX" in os.environ and not BROADCAST["default"]["URL"].startswith("memory:"):
+    # A key prefix, to share a Redis with other projects.
+    BROADCAST["default"]["OPTIONS"] = {"prefix": os.environ["BROADCAST_PREFIX"]}
 # Browsers may read and publish the "demo" channel, nothing else.
 BROADCAST_AUTH = {"PUBLIC": ["demo"], "PUBLISH": ["demo"]}
 # Plain Channels consumers and group_send share the same events.

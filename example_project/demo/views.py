@@ -11,11 +11,13 @@ CHANNEL = "demo"
 
 
 def index(request: HttpRequest) -> HttpResponse:
-    """The page, with the latest events from history."""
+    """The page, with the latest events where the broker keeps history."""
+    keeps_history = broadcast.backend.supports_history
+    events = broadcast.history(CHANNEL, limit=20) if keeps_history else []
     return render(
         request,
         "demo/index.html",
-        {"channel": CHANNEL, "events": broadcast.history(CHANNEL, limit=20)},
+        {"channel": CHANNEL, "events": events, "keeps_history": keeps_history},
     )
 
 

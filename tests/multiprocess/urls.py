@@ -1,3 +1,7 @@
-"""No HTTP views: the servers only route WebSocket and SSE."""
+"""The servers' one HTTP view; WebSocket and SSE are routed in asgi.py."""
 
-urlpatterns: list[object] = []
+from django.urls import path
+
+from .views import diagnostics
+
+urlpatterns = [path("diagnostics/", diagnostics)]
