@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -15,13 +12,15 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
-from .backends.base import Backend, HistoryPage, Message
+from .backends import schemes
+from .backends.base import Backend, Features, HistoryPage, Message
 from .codec import Codec
 from .conf import AliasConfig
 from .events import Event, gap_event, validate_channel
 from .exceptions import BroadcastError, BroadcastUnavailable, MessageTooLarge
-from .hub import Hub
+from .hub import Hub, Hubs
 from .signals import publish_failed
+from .stats import Counters
 from .subscription import Subscription
 
 __all__ = ["Broadcast"]
@@ -54,17 +53,39 @@ class Broadcast:
             config.location, config.options, timeout=config.timeout
         )
         self.codec: Codec = import_string(config.codec)()
-        #: Events dropped, over all this alias's subscribers, because a queue was full.
-        self.dropped = 0
-        #: Events published in a transaction that could not be sent at its commit.
-        self.failed_publishes = 0
-        self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._hubs_lock = threading.Lock()
+        #: What this alias's backend can do (history, patterns, ...).
+        self.features: Features = self.backend.features
+        #: This alias's counters in this process.
+        self.counters = Counters()
+        self._hubs = Hubs(self.backend, self._decode, config, self.counters)
 
     def __repr__(self) -> str:
         return f"<Broadcast {self.alias!r} {type(self.backend).__name__}>"
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped, over all this alias's subscribers, because one fell behind."""
+        return self.counters.dropped
+
+    @property
+    def failed_publishes(self) -> int:
+        """Events published in a transaction that could not be sent at its commit."""
+        return self.counters.failed_publishes
+
+    def validate_id(self, event_id: object) -> str:
+        """Return ``event_id`` if it is an id this alias's backend could have made,
+        else raise ``ValueError`` saying what was expected.
+
+        On backends without history, where nothing can be resumed from an id, any
+        short string is accepted.
+        """
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError(f"an event id is a non-empty string, not {event_id!r}")
+        if self.features.history:
+            self.backend.id_key(event_id)
+        elif len(event_id) > 100:
+            raise ValueError(f"an event id has at most 100 characters, not {len(event_id)}")
+        return event_id
 
     # Publishing ------------------------------------------------------------------------
 
@@ -124,7 +145,7 @@ class Broadcast:
             self._send(channel, type, data, payload, ms)
         except Exception as exc:
             maybe_sent = isinstance(exc, BroadcastUnavailable) and exc.maybe_sent
-            self.failed_publishes += 1
+            self.counters.failed_publishes += 1
             logger.error(
                 "publish to channel %r (type %r) of alias %r failed after the transaction "
                 "committed: %s; the event %s",
@@ -160,7 +181,10 @@ class Broadcast:
     # Subscribing -----------------------------------------------------------------------
 
     def subscribe(
-        self, *channels: str, since: str | Mapping[str, str] | None = None
+        self,
+        *channels: str,
+        since: str | Mapping[str, str] | None = None,
+        persistent: bool = False,
     ) -> Subscription:
         """Subscribe to ``channels``: ``async with broadcast.subscribe("a", "b") as sub``.
 
@@ -168,7 +192,8 @@ class Broadcast:
         received. ``since`` is an event id, applied to every channel, or a mapping of
         channel to id: on backends with history the events after it are replayed first,
         in order, and where history cannot cover the gap (or the backend keeps none)
-        the subscriber gets a ``broadcast.gap`` notice instead.
+        the subscriber gets a ``broadcast.gap`` notice instead. A ``persistent``
+        subscription outlives broker outages of any length (see :class:`Subscription`).
         """
         if not channels:
             raise TypeError("subscribe() needs at least one channel")
@@ -183,10 +208,9 @@ class Broadcast:
             resume = dict(since)
         elif since is not None:
             raise TypeError(f"since must be an event id or a mapping, not {since!r}")
-        if self.backend.supports_history:
-            for event_id in resume.values():
-                self.backend.id_key(event_id)
-        return Subscription(self, unique, resume)
+        for event_id in resume.values():
+            self.validate_id(event_id)
+        return Subscription(self._hubs, unique, resume, persistent=persistent)
 
     def _decode(self, message: Message) -> Event:
         envelope = self.codec.decode(message.payload)
@@ -199,21 +223,17 @@ class Broadcast:
         )
 
     def _hub(self) -> Hub:
-        loop = asyncio.get_running_loop()
-        with self._hubs_lock:
-            hub = self._hubs.get(loop)
-            if hub is None or hub.closed:
-                hub = self._hubs[loop] = Hub(self, loop)
-            return hub
+        """The running event loop's hub (for tests and diagnostics)."""
+        return self._hubs.current()
 
     # History ---------------------------------------------------------------------------
 
     def _check_history(self, channel: str, limit: int | None, since: str | None) -> None:
         validate_channel(channel)
-        if not self.backend.supports_history:
+        if not self.features.history:
             raise BroadcastError(
                 f"alias {self.alias!r} uses {type(self.backend).__name__}, which keeps no "
-                f"history: use a backend that does, such as redis+streams://"
+                f"history: use a backend that does ({schemes.describe('history')})"
             )
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ValueError(f"limit must be a positive int or None, not {limit!r}")
@@ -254,22 +274,10 @@ class Broadcast:
 
         The alias stays usable: later calls connect again.
         """
-        with self._hubs_lock:
-            hubs = list(self._hubs.values())
-            self._hubs.clear()
-        for hub in hubs:
-            hub.close_threadsafe()
+        self._hubs.close()
         self.backend.close()
 
     async def aclose(self) -> None:
         """:meth:`close` from async code, waiting for this loop's connections to close."""
-        loop = asyncio.get_running_loop()
-        with self._hubs_lock:
-            hubs = list(self._hubs.items())
-            self._hubs.clear()
-        for hub_loop, hub in hubs:
-            if hub_loop is loop:
-                await hub.aclose()
-            else:
-                hub.close_threadsafe()
+        await self._hubs.aclose()
         await self.backend.aclose()

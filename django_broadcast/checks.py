@@ -8,7 +8,6 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from . import clients
-from .backends.memory import MemoryBackend
 from .conf import validate
 
 
@@ -20,10 +19,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     ]
     if not settings.DEBUG:
         for config in aliases.values():
-            if issubclass(config.backend, MemoryBackend):
+            if not config.backend.features.crosses_processes:
                 messages.append(
                     Warning(
-                        f"BROADCAST[{config.alias!r}] uses the in-memory backend with "
+                        f"BROADCAST[{config.alias!r}] uses {config.backend.__name__} with "
                         f"DEBUG=False: events cannot cross processes or servers.",
                         hint='Use a broker, e.g. "URL": "redis://127.0.0.1:6379/0".',
                         id="django_broadcast.W001",

@@ -18,21 +18,13 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from .backends import schemes
 from .backends.base import Backend
 
-__all__ = ["DEFAULT_ALIAS", "SCHEMES", "AliasConfig", "Problem", "get_aliases", "validate"]
+__all__ = ["DEFAULT_ALIAS", "AliasConfig", "Problem", "get_aliases", "validate"]
 
 DEFAULT_ALIAS = "default"
 DEFAULT_SETTING: dict[str, dict[str, Any]] = {DEFAULT_ALIAS: {"URL": "memory://"}}
-
-#: URL scheme -> backend class path.
-SCHEMES: dict[str, str] = {
-    "memory": "django_broadcast.backends.memory.MemoryBackend",
-    "redis": "django_broadcast.backends.redis.RedisBackend",
-    "rediss": "django_broadcast.backends.redis.RedisBackend",
-    "redis+streams": "django_broadcast.backends.redis.RedisStreamsBackend",
-    "rediss+streams": "django_broadcast.backends.redis.RedisStreamsBackend",
-}
 
 OVERFLOW_POLICIES = ("drop-oldest", "disconnect")
 _ALIAS_KEYS = {
@@ -135,9 +127,8 @@ def _validate_alias(alias: str, entry: Any, problems: list[Problem]) -> AliasCon
         try:
             backend = import_string(backend_path)
         except ImportError as exc:
-            hint = f"Check the dotted path ({exc})."
-            if "redis" in backend_path:
-                hint = "Install the Redis extra: pip install 'django-broadcast-bridge[redis]'."
+            install = schemes.install_hint(backend_path)
+            hint = f"Install its driver: {install}." if install else f"Check the path ({exc})."
             problems.append(Problem("E002", f"{where}: cannot import {backend_path!r}.", hint))
         else:
             if not (isinstance(backend, type) and issubclass(backend, Backend)):
@@ -201,17 +192,17 @@ def _resolve_backend(
                 )
             )
             return None, ""
-        scheme = url.split("://", 1)[0].lower()
-        if scheme not in SCHEMES:
+        scheme = schemes.get(url.split("://", 1)[0])
+        if scheme is None:
             problems.append(
                 Problem(
                     "E001",
-                    f"{where}['URL'] has the unknown scheme {scheme!r}.",
+                    f"{where}['URL'] has the unknown scheme {url.split('://', 1)[0]!r}.",
                     f"Use one of {_schemes()}, or BACKEND with a dotted path.",
                 )
             )
             return None, ""
-        return SCHEMES[scheme], url
+        return scheme.backend, url
     backend_path = entry.get("BACKEND")
     location = entry.get("LOCATION", "")
     if backend_path is None:
@@ -293,10 +284,16 @@ def _validate_hub_settings(
 
 
 def _schemes() -> str:
-    return ", ".join(f"{s}://" for s in SCHEMES)
+    return ", ".join(f"{s.name}://" for s in schemes.registered())
 
 
 def _options_hint(backend: type[Backend]) -> str:
-    return "Known options: " + ", ".join(
+    known = "Known options: " + ", ".join(
         f"{k} ({getattr(t, '__name__', t)})" for k, t in sorted(backend.option_types.items())
     )
+    needs = [
+        f"{option} needs a backend with {feature} ({schemes.describe(feature)})"
+        for option, feature in backend.option_features.items()
+        if not getattr(backend.features, feature) and option not in backend.option_types
+    ]
+    return "; ".join([known, *needs]) + "."

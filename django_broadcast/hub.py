@@ -10,7 +10,13 @@ notice) or closes that subscription, as the alias's ``OVERFLOW`` says.
 When the broker connection drops, the listener reconnects with backoff; subscribers
 of channels whose continuity could not be kept get a ``broadcast.gap`` notice, and
 if the broker stays away for longer than ``RECONNECT_TIMEOUT`` every subscription
-ends with :class:`~django_broadcast.exceptions.SubscriptionClosed`: nobody hangs.
+ends with :class:`~django_broadcast.exceptions.SubscriptionClosed`, nobody hangs,
+except the persistent ones: those stay, the hub keeps trying, and they get a gap
+notice once the broker is back. This is the one reconnect policy of the package.
+
+The hub knows its alias only through :class:`Hubs`: the backend, the decoder, the
+alias's settings and counters, and one hub per event loop. It never sees the
+:class:`~django_broadcast.broadcast.Broadcast` that owns them.
 """
 
 from __future__ import annotations
@@ -19,20 +25,22 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ._timeouts import honour_cancellation, within
-from .backends.base import ConnectionLost, Message, Receiver
+from .backends.base import Backend, ConnectionLost, Message, Receiver
+from .conf import AliasConfig
 from .events import Event, gap_event
 from .exceptions import BroadcastUnavailable, SubscriptionClosed
+from .stats import Counters
 
 if TYPE_CHECKING:
-    from .broadcast import Broadcast
     from .subscription import Subscription
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "Hubs", "backoff"]
 
 logger = logging.getLogger("django_broadcast.hub")
 
@@ -40,12 +48,73 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
 
 
+def backoff() -> Iterator[float]:
+    """The delays between attempts to reach a broker: exponential from 50 ms to 5 s,
+    each taken at random between half and all of it (so that processes do not come
+    back in step)."""
+    delay = _BACKOFF_FIRST
+    while True:
+        yield delay * (0.5 + random.random())
+        delay = min(delay * 2, _BACKOFF_MAX)
+
+
+class Hubs:
+    """What the subscriptions of one alias read from: its backend, its decoder, its
+    settings and counters, and the hub of each event loop."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        decode: Callable[[Message], Event],
+        config: AliasConfig,
+        counters: Counters,
+    ) -> None:
+        self.backend = backend
+        self.decode = decode
+        self.config = config
+        self.counters = counters
+        self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def current(self) -> Hub:
+        """The running event loop's hub, made on first use."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            hub = self._hubs.get(loop)
+            if hub is None or hub.closed:
+                hub = self._hubs[loop] = Hub(self, loop)
+            return hub
+
+    def close(self) -> None:
+        """End every subscription, on every event loop; the hubs are made anew."""
+        with self._lock:
+            hubs = list(self._hubs.values())
+            self._hubs.clear()
+        for hub in hubs:
+            hub.close_threadsafe()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, waiting for the running loop's broker connection to close."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            hubs = list(self._hubs.items())
+            self._hubs.clear()
+        for hub_loop, hub in hubs:
+            if hub_loop is loop:
+                await hub.aclose()
+            else:
+                hub.close_threadsafe()
+
+
 class Hub:
     """Holds one event loop's broker subscriptions for one alias."""
 
-    def __init__(self, broadcast: Broadcast, loop: asyncio.AbstractEventLoop) -> None:
-        self._broadcast = broadcast
-        # Weak: the broadcast keys its hubs by loop in a WeakKeyDictionary.
+    def __init__(self, hubs: Hubs, loop: asyncio.AbstractEventLoop) -> None:
+        self._hubs = hubs
+        self._alias = hubs.config.alias
+        # Weak: the hubs are keyed by loop in a WeakKeyDictionary.
         self._loop_ref = weakref.ref(loop)
         self._lock = asyncio.Lock()
         self._subscribers: dict[str, dict[Subscription, None]] = {}
@@ -53,7 +122,7 @@ class Hub:
         # On backends with history: channel -> id of the last event handed out (or
         # the position the broker subscription started from).
         self._positions: dict[str, str] = {}
-        self._track = broadcast.backend.supports_history
+        self._track = hubs.backend.features.history
         self._receiver: Receiver | None = None
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()  # clear while the listener reconnects
@@ -74,7 +143,7 @@ class Hub:
         """
         async with self._lock:
             if self.closed:
-                raise SubscriptionClosed(f"broadcast alias {self._broadcast.alias!r} is closed")
+                raise SubscriptionClosed(f"broadcast alias {self._alias!r} is closed")
             positions: dict[str, str | None] = {}
             try:
                 receiver = await self._ready_receiver()
@@ -104,7 +173,7 @@ class Hub:
         ``TIMEOUT``) while the listener reconnects it."""
         receiver = self._receiver
         if receiver is None:
-            receiver = self._broadcast.backend.receiver()
+            receiver = self._hubs.backend.receiver()
             await receiver.open()
             self._receiver = receiver
             self._connected.set()
@@ -112,7 +181,7 @@ class Hub:
             return receiver
         if not self._connected.is_set():
             try:
-                await within(self._connected.wait(), self._broadcast.config.timeout)
+                await within(self._connected.wait(), self._hubs.config.timeout)
             except TimeoutError:
                 raise self._unavailable(TimeoutError("still reconnecting")) from None
             if self._receiver is not receiver:  # the listener gave up meanwhile
@@ -120,7 +189,7 @@ class Hub:
         return receiver
 
     def _unavailable(self, exc: BaseException) -> BroadcastUnavailable:
-        config = self._broadcast.config
+        config = self._hubs.config
         return BroadcastUnavailable(
             f"alias {config.alias!r} is reconnecting to its broker and did not get "
             f"through within {config.timeout} s (TIMEOUT): {exc}"
@@ -199,39 +268,62 @@ class Hub:
         except SubscriptionClosed as exc:
             await self._fail(exc)
         except Exception as exc:
-            logger.exception("the broadcast listener of alias %r failed", self._broadcast.alias)
+            logger.exception("the broadcast listener of alias %r failed", self._alias)
             await self._fail(SubscriptionClosed(f"the broadcast listener failed: {exc!r}"))
 
     async def _reconnect(self, receiver: Receiver, exc: Exception) -> set[str]:
-        alias = self._broadcast.alias
-        limit = self._broadcast.config.reconnect_timeout
+        """Connect again, with backoff; after ``RECONNECT_TIMEOUT``, end the
+        subscriptions that are not persistent and, if persistent ones remain, keep
+        trying for them."""
+        alias = self._alias
+        limit = self._hubs.config.reconnect_timeout
         logger.warning("alias %r lost its broker connection (%s); reconnecting", alias, exc)
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
-        delay = _BACKOFF_FIRST
+        delays = backoff()
         while True:
             try:
                 lost = await receiver.reconnect()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                delay = next(delays)
                 if deadline is not None and loop.time() + delay > deadline:
-                    raise SubscriptionClosed(
+                    closed = SubscriptionClosed(
                         f"the broker of alias {alias!r} stayed unreachable for "
                         f"{limit} s (RECONNECT_TIMEOUT): {error}"
-                    ) from error
+                    )
+                    if not self._end_transient(closed):
+                        raise closed from error
+                    deadline = None  # only persistent subscriptions remain: for ever
                 logger.debug("reconnect failed (%s); next try in %.2f s", error, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await asyncio.sleep(delay)
             else:
                 logger.info("alias %r reconnected; gap on %d channel(s)", alias, len(lost))
                 return lost
+
+    def _end_transient(self, exc: SubscriptionClosed) -> bool:
+        """End the subscriptions that are not persistent; whether others remain."""
+        remain = False
+        for subs in self._subscribers.values():
+            for sub in subs:
+                if sub.persistent:
+                    remain = True
+                else:
+                    sub._close(exc)
+        if remain:
+            logger.warning(
+                "alias %r: the broker stayed away longer than RECONNECT_TIMEOUT; "
+                "persistent subscriptions keep waiting for it",
+                self._alias,
+            )
+        return remain
 
     def _fan_out(self, batch: Sequence[Message]) -> None:
         # Decode each message once and hand every subscriber of a channel that
         # channel's events in one call: with many local subscribers the cost per
         # delivery is a list extend, and each subscriber wakes once per batch.
-        decode = self._broadcast._decode
+        decode = self._hubs.decode
         subscribers = self._subscribers
         by_channel: dict[str, list[Event]] = {}
         for message in batch:

@@ -42,9 +42,9 @@ and existing Channels code keeps working, sharing its events with the rest of th
   ``broadcast.subscribe()`` subscribers see the tagged form.
 - Gap notices of the hub (``broadcast.gap``) are not delivered to consumers, which
   would have no handler for them; they are logged.
-- **Outages end nothing for good.** When the broker stays away for longer than the
-  alias's ``RECONNECT_TIMEOUT``, the layer logs it and subscribes again, with backoff,
-  for as long as the group has members here; what was published meanwhile is lost.
+- **Outages end nothing for good.** The layer's subscriptions are persistent: when the
+  broker stays away for longer than the alias's ``RECONNECT_TIMEOUT``, they wait for
+  it (the core keeps reconnecting), and what was published meanwhile is lost, logged.
 - ``receive()`` takes a plain name or a channel made by this layer's
   ``new_channel()``; another process's channel is an ``AssertionError``, as in
   channels_redis.
@@ -59,7 +59,6 @@ import contextlib
 import copy
 import hashlib
 import logging
-import random
 import threading
 import time
 import uuid
@@ -84,9 +83,6 @@ SEND_TYPE = "channels.send"
 _BYTES = "__bytes__"
 #: The broadcast channels of the layer's inboxes and plain channels (reserved).
 _LAYER_PREFIX = RESERVED_PREFIX + "layer."
-#: Backoff, in seconds, between attempts to subscribe again after the broker stayed away.
-_RESUBSCRIBE_FIRST = 0.5
-_RESUBSCRIBE_MAX = 30.0
 #: Seconds between two sweeps of the expired messages of channels nobody reads.
 _SWEEP_INTERVAL = 1.0
 
@@ -189,12 +185,14 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class _Reader:
-    """One broadcast subscription of the layer, and the task that routes its events.
+    """One persistent broadcast subscription of the layer, and the task that routes its
+    events.
 
-    The task subscribes, routes, and subscribes again (with backoff) whenever the
-    subscription ends because the broker stayed away, for as long as the reader is
-    wanted. ``ready`` is done once the first subscription is in place; a ``strict``
-    reader gives up, with the error in ``ready``, if that first attempt fails.
+    The subscription outlives broker outages of any length: the core's reconnect
+    policy keeps it, with a gap notice (logged here) once the broker is back. A
+    ``strict`` reader's subscription must be made at once (``group_add`` raises when
+    the broker cannot be reached, as channels_redis does), with the error in
+    ``ready``; the others wait for the broker (``new_channel()`` never needs it).
     """
 
     def __init__(
@@ -214,42 +212,26 @@ class _Reader:
         return not self.task.done() and not self.loop.is_closed()
 
     async def _run(self) -> None:
-        delay = _RESUBSCRIBE_FIRST
-        while True:
-            subscription = self.layer.broadcast.subscribe(self.name)
-            try:
-                await subscription.open()
-            except (BroadcastUnavailable, SubscriptionClosed) as exc:
-                if self.strict and not self.ready.done():
-                    self.ready.set_exception(exc)
-                    return
-                logger.debug("channel layer could not subscribe to %r: %s", self.name, exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, _RESUBSCRIBE_MAX)
-                continue
-            if self.ready.done():
-                logger.warning(
-                    "channel layer subscribed to %r again; events may be lost", self.name
-                )
-            else:
-                self.ready.set_result(None)
-            delay = _RESUBSCRIBE_FIRST
-            try:
-                async for event in subscription:
-                    if event.type == GAP:
-                        logger.warning(
-                            "channel layer missed events on %r: %s", self.name, event.data
-                        )
-                        continue
-                    try:
-                        self.route(event)
-                    except Exception:
-                        logger.exception("could not route an event of %r", self.name)
-                return  # closed: the alias was closed
-            except SubscriptionClosed as exc:
-                logger.error("channel layer subscription of %r ended: %s", self.name, exc)
-            finally:
-                await subscription.aclose()
+        subscription = self.layer.broadcast.subscribe(self.name, persistent=True)
+        try:
+            await subscription.open(wait=not self.strict)
+        except BroadcastUnavailable as exc:
+            self.ready.set_exception(exc)
+            return
+        self.ready.set_result(None)
+        try:
+            async for event in subscription:
+                if event.type == GAP:
+                    logger.warning("channel layer missed events on %r: %s", self.name, event.data)
+                    continue
+                try:
+                    self.route(event)
+                except Exception:
+                    logger.exception("could not route an event of %r", self.name)
+        except SubscriptionClosed as exc:  # the listener itself failed: logged by the hub
+            logger.error("channel layer subscription of %r ended: %s", self.name, exc)
+        finally:
+            await subscription.aclose()
 
     async def stop(self) -> None:
         if self.loop is _running_loop():

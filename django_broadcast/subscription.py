@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from .backends.base import Message
 from .events import GAP, Event, gap_event
 from .exceptions import BroadcastUnavailable, SubscriptionClosed, SubscriptionOverflow
+from .hub import backoff
 
 if TYPE_CHECKING:
-    from .broadcast import Broadcast
-    from .hub import Hub
+    from .hub import Hub, Hubs
 
 __all__ = ["Subscription"]
 
@@ -57,16 +57,22 @@ class Subscription:
     ``async for event in sub`` ends when the subscription or its alias is closed, and
     raises :class:`SubscriptionClosed` (or :class:`SubscriptionOverflow`) when it ended
     because the broker stayed away or the subscriber fell behind with
-    ``OVERFLOW = "disconnect"``.
+    ``OVERFLOW = "disconnect"``. A ``persistent`` subscription outlives broker outages
+    of any length: instead of ending after ``RECONNECT_TIMEOUT`` it waits, and gets a
+    gap notice once the broker is back.
     """
 
     def __init__(
         self,
-        broadcast: Broadcast,
+        hubs: Hubs,
         channels: tuple[str, ...],
         since: Mapping[str, str] | None = None,
+        *,
+        persistent: bool = False,
     ) -> None:
         self.channels = channels
+        #: Whether it outlives outages longer than ``RECONNECT_TIMEOUT``.
+        self.persistent = persistent
         #: Events this subscription lost because it fell behind (``OVERFLOW``).
         self.dropped = 0
         #: With ``since``: whether every event after it was replayed (no gap notice),
@@ -77,11 +83,14 @@ class Subscription:
         #: id then, or ``since``), it moves on as events are read: a subscriber that
         #: reconnects resumes with ``since=sub.positions``. Empty on other backends.
         self.positions: dict[str, str] = {}
-        self._broadcast = broadcast
+        self._hubs = hubs
+        self._backend = hubs.backend
+        self._decode = hubs.decode
+        self._alias = hubs.config.alias
         self._since = dict(since or {})
-        self._maxsize = broadcast.config.queue_size
-        self._disconnect = broadcast.config.overflow == "disconnect"
-        self._track = broadcast.backend.supports_history
+        self._maxsize = hubs.config.queue_size
+        self._disconnect = hubs.config.overflow == "disconnect"
+        self._track = hubs.backend.features.history
         self._queue: deque[Event] = deque()
         # channel -> events dropped since its overflow notice was last read. Those
         # notices come before every queued event.
@@ -98,7 +107,7 @@ class Subscription:
         self._overflowed = False
 
     def __repr__(self) -> str:
-        return f"<Subscription {self._broadcast.alias}:{','.join(self.channels)}>"
+        return f"<Subscription {self._alias}:{','.join(self.channels)}>"
 
     @property
     def closed(self) -> bool:
@@ -114,17 +123,34 @@ class Subscription:
 
     # Opening and closing -------------------------------------------------------------
 
-    async def open(self) -> Subscription:
+    async def open(self, *, wait: bool = False) -> Subscription:
         """Start receiving: once this returns, every event published afterwards is
         received, and with ``since`` the replay has begun (``recovered`` is known).
 
         Raise :class:`BroadcastUnavailable` when the broker cannot be reached within
-        the alias's ``TIMEOUT``.
+        the alias's ``TIMEOUT``; with ``wait``, keep trying instead, with the backoff
+        the hub reconnects with, until it can (or the caller is cancelled).
         """
         if self._hub is not None or self._ended is not None:
             raise RuntimeError("this subscription was opened already")
-        hub = self._broadcast._hub()
-        backend = self._broadcast.backend
+        delays = backoff()
+        while True:
+            try:
+                await self._open()
+            except BroadcastUnavailable as exc:
+                if not wait:
+                    raise
+                delay = next(delays)
+                logger.debug(
+                    "%r: the broker is unavailable (%s); again in %.2f s", self, exc, delay
+                )
+                await asyncio.sleep(delay)
+            else:
+                return self
+
+    async def _open(self) -> None:
+        hub = self._hubs.current()
+        backend = self._backend
         if self._track:
             # Live events of a resumed channel are held until its replay is over.
             for channel, since in self._since.items():
@@ -135,16 +161,27 @@ class Subscription:
             positions = await hub.attach(self)
             if self._track:
                 self.positions = {c: p for c, p in positions.items() if p is not None}
+                origin = backend.features.origin or ""
                 for channel, replay in self._replays.items():
                     self.positions[channel] = replay.cursor
-                    key = backend.id_key(positions[channel] or backend.origin or "")
+                    key = backend.id_key(positions[channel] or origin)
                     replay.target = key if replay.target is None else max(replay.target, key)
             if self._since:
                 await self._start_replay()
         except BaseException:
-            await self.aclose()
+            await self._detach()
+            self._reset()
             raise
-        return self
+
+    def _reset(self) -> None:
+        """Forget a failed attempt to open, so that it can be made again."""
+        self._replays.clear()
+        self._replayed.clear()
+        self._queue.clear()
+        self._gaps.clear()
+        self._special = False
+        self.positions = {}
+        self.recovered = None
 
     async def __aenter__(self) -> Subscription:
         return await self.open()
@@ -163,6 +200,9 @@ class Subscription:
         if self._overflowed and self._queue:
             self._count_dropped(len(self._queue))  # fell behind: these are never read
             self._queue.clear()
+        await self._detach()
+
+    async def _detach(self) -> None:
         hub, self._hub = self._hub, None
         if hub is not None:
             await hub.detach(self)
@@ -279,10 +319,10 @@ class Subscription:
 
     def _count_dropped(self, count: int) -> None:
         self.dropped += count
-        self._broadcast.dropped += count
+        self._hubs.counters.dropped += count
 
     def _overflow(self, event: Event) -> None:
-        alias = self._broadcast.alias
+        alias = self._alias
         if self.recovered:
             self.recovered = False
         if self._disconnect:
@@ -339,15 +379,14 @@ class Subscription:
         if len(held) > self._maxsize:
             # Too many live events to hold while the replay catches up: forget them
             # and read them from history instead, up to the newest one forgotten.
-            backend = self._broadcast.backend
             newest = next((e for e in reversed(held) if e.id), None)
             if newest is not None:
-                key = backend.id_key(newest.id)
+                key = self._backend.id_key(newest.id)
                 replay.target = key if replay.target is None else max(replay.target, key)
             replay.held = [e for e in held if not e.id]  # keep the gap notices
 
     async def _start_replay(self) -> None:
-        backend = self._broadcast.backend
+        backend = self._backend
         self.recovered = True
         if not self._track:
             for channel, since in self._since.items():
@@ -369,9 +408,8 @@ class Subscription:
     async def _replay_page(self) -> None:
         """Read the next page of the first channel still replaying."""
         channel, replay = next(iter(self._replays.items()))
-        backend = self._broadcast.backend
         try:
-            page = await backend.ahistory(channel, limit=self._maxsize, since=replay.cursor)
+            page = await self._backend.ahistory(channel, limit=self._maxsize, since=replay.cursor)
         except BroadcastUnavailable as exc:
             logger.warning("%r could not read the history of %r: %s", self, channel, exc)
             self.recovered = False
@@ -387,8 +425,7 @@ class Subscription:
     def _take_page(self, channel: str, messages: Sequence[Message], limit: int) -> None:
         """Queue a page of history, up to the replay's target: every later event
         reaches the subscription live (held meanwhile), so it is not taken twice."""
-        broadcast = self._broadcast
-        id_key = broadcast.backend.id_key
+        id_key = self._backend.id_key
         replay = self._replays[channel]
         done = len(messages) < limit
         for message in messages:
@@ -396,7 +433,7 @@ class Subscription:
             if key > replay.target:
                 done = True
                 break
-            self._replayed.append(broadcast._decode(message))
+            self._replayed.append(self._decode(message))
             replay.cursor = message.id
             if key == replay.target:
                 done = True
@@ -407,7 +444,7 @@ class Subscription:
     def _finish_replay(self, channel: str) -> None:
         """Go live: the held events the replay did not already deliver are queued."""
         replay = self._replays.pop(channel)
-        id_key = self._broadcast.backend.id_key
+        id_key = self._backend.id_key
         cursor = id_key(replay.cursor)
         for event in replay.held:
             if not event.id or id_key(event.id) > cursor:

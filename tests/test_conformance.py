@@ -216,7 +216,7 @@ async def test_publish_in_a_transaction_waits_for_commit(bc: Broadcast, channel:
 
 
 async def test_history_and_resume(bc: Broadcast, channel: str) -> None:
-    if not bc.backend.supports_history:
+    if not bc.features.history:
         with pytest.raises(BroadcastError, match="keeps no history"):
             bc.history(channel)
         # A resume on a backend without history says so with a gap notice.

@@ -90,7 +90,7 @@ async def test_headers_retry_and_events(bc: Broadcast, channel: str) -> None:
     assert headers[b"cache-control"] == b"no-cache"
     assert headers[b"x-accel-buffering"] == b"no"
     # Before any event: the retry, and the position the stream would resume from.
-    assert await stream.block() == f"retry: 3000\nid: {bc.backend.origin or 'live'}"
+    assert await stream.block() == f"retry: 3000\nid: {bc.features.origin or 'live'}"
     event = await sync_to_async(bc.publish)(channel, {"text": "hi"}, type="chat")
     assert event is not None
     assert await stream.event() == {
@@ -187,7 +187,7 @@ async def test_too_many_channels(bc: Broadcast) -> None:
 
 async def test_history_permission_is_needed_to_resume(bc: Broadcast, channel: str) -> None:
     with override_settings(BROADCAST_AUTH={"POLICY": f"{__name__}.deny_history"}):
-        stream = Stream(f"channel={channel}&last_event_id={bc.backend.origin or '1-1'}")
+        stream = Stream(f"channel={channel}&last_event_id={bc.features.origin or '1-1'}")
         assert (await stream.start())["status"] == 403
         stream = Stream(f"channel={channel}")
         assert (await stream.start())["status"] == 200

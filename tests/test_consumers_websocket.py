@@ -59,7 +59,7 @@ async def test_subscribe_and_receive(
     reply = await send(ws, {"op": "subscribe", "channel": channel})
     # A new channel's position is the backend's "from the start" (none without history).
     assert reply == {
-        "op": "subscribed", "channel": channel, "recovered": False, "position": bc.backend.origin
+        "op": "subscribed", "channel": channel, "recovered": False, "position": bc.features.origin
     }  # fmt: skip
     event = await sync_to_async(bc.publish)(channel, {"text": "hi"}, type="chat")
     assert event is not None
@@ -75,7 +75,7 @@ async def test_resume_replays_then_goes_live(backend_name: str, channel: str) ->
         try:
             since = sent[1].id if sent[1] else ""
             reply = await send(ws, {"op": "subscribe", "channel": channel, "since": since})
-            if not bc.backend.supports_history:
+            if not bc.features.history:
                 assert reply["recovered"] is False
                 assert (await next_frame(ws))["type"] == "broadcast.gap"
                 return
@@ -228,7 +228,7 @@ async def test_static_channels_and_an_authorize_hook(bc: Broadcast) -> None:
     try:
         assert await next_frame(ws) == {
             "op": "subscribed", "channel": "open.lobby", "recovered": False,
-            "position": bc.backend.origin,
+            "position": bc.features.origin,
         }  # fmt: skip
         reply = await send(ws, {"op": "subscribe", "channel": "t-other"})
         assert reply["code"] == "forbidden"

@@ -27,7 +27,7 @@ response = client.post("/publish/", {"text": "hello"}, headers={"X-Requested-Wit
 assert response.status_code == 204, response.status_code
 page = client.get("/").content.decode()
 from django_broadcast import broadcast
-if broadcast.backend.supports_history:
+if broadcast.features.history:
     assert "hello" in page, page
 else:
     assert "keeps no history" in page, page

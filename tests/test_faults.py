@@ -59,7 +59,7 @@ async def test_a_slow_reply_fails_that_subscribe_and_never_answers_a_later_one(
         # The late answer went with its connection: later subscribes are right.
         assert await receiver.subscribe(channel) == old[-1]
         other = f"{channel}.other"
-        assert await receiver.subscribe(other) == backend.origin
+        assert await receiver.subscribe(other) == backend.features.origin
         sent = [await backend.apublish(channel, b"new"), await backend.apublish(other, b"new")]
         received = await listener.next(2)
     assert sorted((m.channel, m.id, m.payload) for m in received) == sorted(

@@ -136,19 +136,19 @@ async def test_subscribe_returns_the_channel_position(backend_name: str, channel
         backend, receiver = listener.backend, listener.receiver
         old = [await backend.apublish(busy, b"old") for _ in range(3)]
         positions = [await receiver.subscribe(empty), await receiver.subscribe(busy)]
-        if not backend.supports_history:
+        if not backend.features.history:
             assert positions == [None, None]
         else:
-            assert positions == [backend.origin, old[-1]]
+            assert positions == [backend.features.origin, old[-1]]
         # Published right after subscribe returned: read, and after the position.
         sent = [await backend.apublish(busy, b"new"), await backend.apublish(empty, b"new")]
         received = await listener.next(2)
     assert sorted((m.channel, m.id, m.payload) for m in received) == sorted(
         [(busy, sent[0], b"new"), (empty, sent[1], b"new")]
     )
-    if backend.supports_history:
+    if backend.features.history:
         assert backend.id_key(sent[0]) > backend.id_key(old[-1])
-        assert backend.id_key(sent[1]) > backend.id_key(str(backend.origin))
+        assert backend.id_key(sent[1]) > backend.id_key(str(backend.features.origin))
 
 
 ARABIC_1700 = "\u0661\u0667\u0660\u0660"  # str.isdigit() and int() accept it
@@ -177,7 +177,7 @@ def test_ids_are_parsed_strictly(history_backend_name: str, channel: str) -> Non
         largest = str(2**64 - 1)
         if history_backend_name == "redis+streams":
             largest = f"{largest}-{largest}"
-        assert backend.id_key(largest) > backend.id_key(backend.origin or "")
+        assert backend.id_key(largest) > backend.id_key(backend.features.origin or "")
         [notice] = bc.history(channel, since=largest)  # an id this broker never made
         assert notice.type == GAP
 
@@ -243,7 +243,7 @@ async def test_a_slow_reader_reports_a_gap_where_its_stream_was_trimmed_past_it(
         backend = listener.backend
         if from_origin:
             await listener.stop()  # waiting for a channel: no read is under way
-            assert await listener.receiver.subscribe(channel) == backend.origin
+            assert await listener.receiver.subscribe(channel) == backend.features.origin
         else:
             await listener.receiver.subscribe(channel)
             listener.pause()  # the read under way still returns the next batch

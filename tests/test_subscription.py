@@ -31,7 +31,7 @@ async def test_a_subscription_knows_its_position_when_it_opens(
         async with bc.subscribe(quiet, busy) as sub:
             # The busy channel resumes after its newest event, the quiet one from the
             # start: whatever is published from now on is after both.
-            assert sub.positions == {quiet: bc.backend.origin, busy: last.id}
+            assert sub.positions == {quiet: bc.features.origin, busy: last.id}
             later = await bc.apublish(quiet, "later")
             assert (await sub.get(timeout=TIMEOUT)).id == later.id
             assert sub.positions[quiet] == later.id  # it moves as events are read

@@ -14,9 +14,42 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-__all__ = ["Backend", "ConnectionLost", "HistoryPage", "Message", "Receiver"]
+__all__ = ["Backend", "ConnectionLost", "Features", "HistoryPage", "Message", "Receiver"]
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a backend can do, declared as data on its class (:attr:`Backend.features`).
+
+    The core, the system checks, the documentation's capability table and the tests
+    read these declarations, never class or module names: a backend is what it
+    declares.
+    """
+
+    #: The broker keeps history: ``history()``, resuming with ``since`` and
+    #: reconnects that lose nothing within the kept window.
+    history: bool = False
+    #: With history: the position of a channel that has no event yet (resuming from
+    #: it replays the channel from its first event).
+    origin: str | None = None
+    #: Subscriptions by pattern (``news.*``) are possible.
+    patterns: bool = False
+    #: A publish can be written in the caller's database transaction, so that the
+    #: event leaves exactly when the data commits.
+    transactional: bool = False
+    #: Events cross processes (and servers); False for an in-process broker.
+    crosses_processes: bool = True
+    #: How far event ids are ordered: ``"channel"`` (increasing per channel, whoever
+    #: published) or ``"publisher"`` (increasing per publishing process only).
+    id_order: Literal["channel", "publisher"] = "publisher"
+    #: The broker's hard limit on one encoded event, in bytes (None: no hard limit);
+    #: ``OPTIONS["max_message_size"]`` may not exceed it.
+    max_payload: int | None = None
+    #: The broker's limit on the length of the names it is given for channels, in
+    #: bytes, where it has one (the backend maps longer names to fit).
+    max_name_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +108,8 @@ class Receiver(abc.ABC):
 
         Return the channel's position on backends with history: the id after which
         every message is received (the channel's newest id at this moment, or the
-        backend's "from the beginning" id, :attr:`Backend.origin`, for a channel
-        without messages); None on backends without history.
+        backend's "from the beginning" id, ``features.origin``, for a channel without
+        messages); None on backends without history.
 
         Raise ``BroadcastUnavailable`` if it cannot be confirmed within the timeout,
         and leave nothing subscribed at the broker for ``channel`` in that case.
@@ -112,15 +145,14 @@ class Receiver(abc.ABC):
 class Backend(abc.ABC):
     """One broker, as seen by one alias in one process."""
 
-    #: Whether the broker keeps history, so ids can be resumed from.
-    supports_history: ClassVar[bool] = False
-
-    #: On backends with history, the position of a channel that has no events yet:
-    #: resuming from it replays the channel from its first event.
-    origin: ClassVar[str | None] = None
+    #: What this backend can do.
+    features: ClassVar[Features] = Features()
 
     #: OPTIONS this backend accepts, with the type each must have.
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"max_message_size": int}
+
+    #: OPTIONS that only make sense with a feature, and that feature.
+    option_features: ClassVar[Mapping[str, str]] = {"history": "history"}
 
     #: Whether LOCATION (or the URL) must name a server.
     requires_location: ClassVar[bool] = True
@@ -138,13 +170,18 @@ class Backend(abc.ABC):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
-        """Return a sentence for every option that is unknown or of the wrong type."""
+        """Return a sentence for every option that is unknown, of the wrong type, asks
+        for something this backend cannot do, or exceeds the broker's limits."""
         problems = []
+        name = cls.__name__
         for key, value in options.items():
             expected = cls.option_types.get(key)
-            if expected is None:
+            feature = cls.option_features.get(key)
+            if expected is None and feature is not None and not getattr(cls.features, feature):
+                problems.append(f"option {key!r} needs a backend with {feature}; {name} has none")
+            elif expected is None:
                 known = ", ".join(sorted(cls.option_types)) or "none"
-                problems.append(f"unknown option {key!r} for {cls.__name__} (known: {known})")
+                problems.append(f"unknown option {key!r} for {name} (known: {known})")
             elif not isinstance(value, expected) or (isinstance(value, bool) and expected is int):
                 problems.append(
                     f"option {key!r} must be {_type_name(expected)}, "
@@ -152,6 +189,13 @@ class Backend(abc.ABC):
                 )
             elif isinstance(value, int) and not isinstance(value, bool) and value <= 0:
                 problems.append(f"option {key!r} must be positive, not {value!r}")
+        limit = cls.features.max_payload
+        size = options.get("max_message_size", cls.default_max_message_size)
+        if limit is not None and isinstance(size, int) and size > limit:
+            problems.append(
+                f"option 'max_message_size' of {size:,} bytes is over the broker's hard "
+                f"limit of {limit:,} bytes for {name}"
+            )
         return problems
 
     # Publishing -------------------------------------------------------------------

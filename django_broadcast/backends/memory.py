@@ -26,9 +26,11 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from .base import Backend, HistoryPage, Message, Receiver
+from .base import Backend, Features, HistoryPage, Message, Receiver
 
 __all__ = ["MAX_ID", "MemoryBackend"]
+
+_ORIGIN = "0"  # the position of a channel with no event: ids start at 1
 
 #: The largest event id the memory backend makes or accepts.
 MAX_ID = 2**64 - 1
@@ -38,8 +40,7 @@ _MAX_ID_DIGITS = len(str(MAX_ID))
 class MemoryBackend(Backend):
     """Process-local broker with per-channel history."""
 
-    supports_history = True
-    origin = "0"
+    features = Features(history=True, origin=_ORIGIN, crosses_processes=False, id_order="channel")
     requires_location = False
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
@@ -127,7 +128,7 @@ class MemoryBackend(Backend):
         with self._lock:
             self._receivers.setdefault(channel, set()).add(receiver)
             buffer = self._history.get(channel)
-            return buffer[-1].id if buffer else self.origin
+            return buffer[-1].id if buffer else _ORIGIN
 
     def _detach(self, receiver: _MemoryReceiver, channel: str) -> None:
         with self._lock:

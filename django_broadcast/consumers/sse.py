@@ -107,13 +107,15 @@ def parse_position(
 def _check_id(event_id: str, broadcast: Broadcast | None) -> None:
     if event_id == LIVE:
         return
-    backend = None if broadcast is None else broadcast.backend
-    if backend is not None and backend.supports_history:
-        try:
-            backend.id_key(event_id)
-        except ValueError as exc:
-            raise BadRequest(400, f"Last-Event-ID is not an event id here: {exc}") from None
-    elif not _PLAIN_ID.fullmatch(event_id):
+    if broadcast is None:
+        if not _PLAIN_ID.fullmatch(event_id):
+            raise BadRequest(400, "Last-Event-ID holds something that is not an event id")
+        return
+    try:
+        broadcast.validate_id(event_id)
+    except ValueError as exc:
+        raise BadRequest(400, f"Last-Event-ID is not an event id here: {exc}") from None
+    if not broadcast.features.history and not _PLAIN_ID.fullmatch(event_id):
         raise BadRequest(400, "Last-Event-ID holds something that is not an event id")
 
 

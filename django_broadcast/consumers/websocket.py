@@ -77,7 +77,7 @@ RESERVED_TYPE_PREFIXES = ("websocket.", "http.", "lifespan.", "channels.", RESER
 #: as the channel layer's own fields.
 LAYER_FIELDS = frozenset({"type", "channel", "id", "data"})
 
-_MAX_ID_LENGTH = 100
+_MAX_TYPE_LENGTH = 100
 _ECHO_LIMIT = 200
 
 
@@ -214,15 +214,12 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         since = frame.get("since")
         if since is None:
             return None
-        if not isinstance(since, str) or not since or len(since) > _MAX_ID_LENGTH:
+        if not isinstance(since, str):
             raise ProtocolError("bad_since", "'since' must be an event id string", channel)
-        backend = self.broadcast.backend
-        if backend.supports_history:
-            try:
-                backend.id_key(since)
-            except ValueError as exc:
-                raise ProtocolError("bad_since", str(exc), channel) from None
-        return since
+        try:
+            return self.broadcast.validate_id(since)
+        except ValueError as exc:
+            raise ProtocolError("bad_since", str(exc), channel) from None
 
     async def _subscribe(self, frame: dict[str, Any]) -> None:
         channel = self._channel(frame)
@@ -315,7 +312,7 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         if "data" not in frame:
             raise ProtocolError("malformed", "a publish frame needs 'data'", channel)
         type_ = frame.get("type", "message")
-        if not isinstance(type_, str) or not type_ or len(type_) > _MAX_ID_LENGTH:
+        if not isinstance(type_, str) or not type_ or len(type_) > _MAX_TYPE_LENGTH:
             raise ProtocolError(
                 "invalid_data", "'type' must be a non-empty string of at most 100 characters",
                 channel,

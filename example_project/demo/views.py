@@ -12,7 +12,7 @@ CHANNEL = "demo"
 
 def index(request: HttpRequest) -> HttpResponse:
     """The page, with the latest events where the broker keeps history."""
-    keeps_history = broadcast.backend.supports_history
+    keeps_history = broadcast.features.history
     events = broadcast.history(CHANNEL, limit=20) if keeps_history else []
     return render(
         request,

@@ -25,8 +25,7 @@ def policy(user: Any, channel: str, action: str) -> bool:
 
 async def diagnostics(request: HttpRequest) -> JsonResponse:
     """The process's tasks, the user channels its hub subscribes, and drops."""
-    hub = broadcast._hubs.get(asyncio.get_running_loop())
-    channels = [] if hub is None else sorted(c for c in hub.channels if not is_reserved(c))
+    channels = sorted(c for c in broadcast._hub().channels if not is_reserved(c))
     return JsonResponse(
         {
             "pid": os.getpid(),
