@@ -19,7 +19,7 @@ from .exceptions import (
     SubscriptionClosed,
     SubscriptionOverflow,
 )
-from .handler import broadcasts
+from .registry import broadcasts
 from .subscription import Subscription
 
 __all__ = [

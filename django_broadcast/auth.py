@@ -26,22 +26,124 @@ Server-side code (``broadcast.publish()`` in views) is not subject to the policy
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from functools import lru_cache
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
-from .clients import auth_settings
+from .conf import Problem
 from .events import is_reserved
 
-__all__ = ["ACTIONS", "Action", "PatternPolicy", "authorize", "get_policy"]
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "AuthSettings",
+    "PatternPolicy",
+    "auth_settings",
+    "authorize",
+    "get_policy",
+    "validate_auth",
+]
 
 logger = logging.getLogger("django_broadcast.auth")
+
+DEFAULT_POLICY = "django_broadcast.auth.PatternPolicy"
+
+_AUTH_DEFAULTS: dict[str, Any] = {"POLICY": DEFAULT_POLICY, "PUBLIC": [], "PUBLISH": []}
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """``BROADCAST_AUTH`` with its defaults filled in."""
+
+    policy: str
+    public: tuple[str, ...]
+    publish: tuple[str, ...]
+
+
+def validate_auth(value: Any, problems: list[Problem]) -> AuthSettings | None:
+    """Read ``BROADCAST_AUTH`` (``value``); append a Problem for each fault."""
+    if not isinstance(value, dict):
+        problems.append(
+            Problem("E012", "BROADCAST_AUTH must be a dict.", 'Write {"PUBLIC": ["news.*"]}.')
+        )
+        return None
+    before = len(problems)
+    unknown = set(value) - set(_AUTH_DEFAULTS)
+    if unknown:
+        problems.append(
+            Problem(
+                "E012",
+                f"BROADCAST_AUTH has unknown keys: {', '.join(sorted(map(str, unknown)))}.",
+                "Use only POLICY, PUBLIC and PUBLISH.",
+            )
+        )
+    merged = {**_AUTH_DEFAULTS, **value}
+    for key in ("PUBLIC", "PUBLISH"):
+        patterns = merged[key]
+        if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns or ()):
+            problems.append(
+                Problem(
+                    "E012",
+                    f"BROADCAST_AUTH[{key!r}] must be a list of channel patterns.",
+                    f'Write "{key}": ["news.*"] (shell-style wildcards).',
+                )
+            )
+    policy = merged["POLICY"]
+    try:
+        if not isinstance(policy, str):
+            raise ImportError(f"{policy!r} is not a dotted path")
+        target = import_string(policy)
+    except ImportError as exc:
+        problems.append(
+            Problem(
+                "E013",
+                f"BROADCAST_AUTH['POLICY'] cannot be imported: {exc}.",
+                "Name a callable (user, channel, action) -> bool, or a class making one.",
+            )
+        )
+    else:
+        if not callable(target):
+            problems.append(
+                Problem(
+                    "E013",
+                    f"BROADCAST_AUTH['POLICY'] {policy!r} is not callable.",
+                    "Name a callable (user, channel, action) -> bool, or a class making one.",
+                )
+            )
+    if len(problems) > before:
+        return None
+    return AuthSettings(policy, tuple(merged["PUBLIC"]), tuple(merged["PUBLISH"]))
+
+
+@functools.cache
+def auth_settings() -> AuthSettings:
+    """The current ``BROADCAST_AUTH``; raise ``ImproperlyConfigured`` if invalid."""
+    problems: list[Problem] = []
+    result = validate_auth(getattr(settings, "BROADCAST_AUTH", {}), problems)
+    if problems:
+        first = problems[0]
+        raise ImproperlyConfigured(f"django_broadcast.{first.id}: {first.msg} {first.hint}")
+    assert result is not None
+    return result
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "BROADCAST_AUTH":
+        auth_settings.cache_clear()
+        get_policy.cache_clear()
+
 
 Action = Literal["subscribe", "history", "publish"]
 ACTIONS: tuple[Action, ...] = ("subscribe", "history", "publish")
@@ -57,19 +159,16 @@ class PatternPolicy:
         return any(fnmatchcase(channel, pattern) for pattern in patterns)
 
 
-@lru_cache(maxsize=8)
-def _load(path: str) -> Callable[..., Any]:
+@functools.cache
+def get_policy() -> Callable[..., Any]:
+    """The configured policy callable (a class is instantiated once)."""
+    path = auth_settings().policy
     target = import_string(path)
     if inspect.isclass(target):
         target = target()
     if not callable(target):
         raise TypeError(f"BROADCAST_AUTH['POLICY'] {path!r} is not callable")
     return target
-
-
-def get_policy() -> Callable[..., Any]:
-    """The configured policy callable."""
-    return _load(auth_settings().policy)
 
 
 async def authorize(user: Any, channel: str, action: Action) -> bool:

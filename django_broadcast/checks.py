@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from . import clients
-from .conf import validate
+from .auth import validate_auth
+from .conf import Problem, validate
+from .consumers.settings import validate_clients
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -33,5 +35,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 def check_clients(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Report problems in ``BROADCAST_CLIENTS`` and ``BROADCAST_AUTH`` (E010-E014)."""
-    _clients, _auth, problems = clients.validate()
+    problems: list[Problem] = []
+    validate_clients(getattr(django_settings, "BROADCAST_CLIENTS", {}), problems)
+    validate_auth(getattr(django_settings, "BROADCAST_AUTH", {}), problems)
     return [Error(p.msg, hint=p.hint or None, id=f"django_broadcast.{p.id}") for p in problems]

@@ -28,7 +28,7 @@ import random
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._timeouts import honour_cancellation, within
 from .backends.base import Backend, ConnectionLost, Message, Receiver
@@ -37,10 +37,7 @@ from .events import Event, gap_event
 from .exceptions import BroadcastUnavailable, SubscriptionClosed
 from .stats import Counters
 
-if TYPE_CHECKING:
-    from .subscription import Subscription
-
-__all__ = ["Hub", "Hubs", "backoff"]
+__all__ = ["Hub", "Hubs", "Subscriber", "backoff"]
 
 logger = logging.getLogger("django_broadcast.hub")
 
@@ -56,6 +53,23 @@ def backoff() -> Iterator[float]:
     while True:
         yield delay * (0.5 + random.random())
         delay = min(delay * 2, _BACKOFF_MAX)
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a subscriber (a
+    :class:`~django_broadcast.subscription.Subscription`): its channels, whether it
+    outlives outages, and where to put its events."""
+
+    channels: tuple[str, ...]
+    persistent: bool
+
+    def _put(self, event: Event) -> None: ...
+
+    def _put_many(self, events: list[Event]) -> None:
+        """Take the events of one channel, in order."""
+
+    def _close(self, exc: BaseException | None) -> None:
+        """End: normally (None) or with ``exc``."""
 
 
 class Hubs:
@@ -117,7 +131,7 @@ class Hub:
         # Weak: the hubs are keyed by loop in a WeakKeyDictionary.
         self._loop_ref = weakref.ref(loop)
         self._lock = asyncio.Lock()
-        self._subscribers: dict[str, dict[Subscription, None]] = {}
+        self._subscribers: dict[str, dict[Subscriber, None]] = {}
         self._broker_channels: set[str] = set()
         # On backends with history: channel -> id of the last event handed out (or
         # the position the broker subscription started from).
@@ -133,7 +147,7 @@ class Hub:
         """The channels this hub holds a broker subscription for."""
         return set(self._broker_channels)
 
-    async def attach(self, sub: Subscription) -> dict[str, str | None]:
+    async def attach(self, sub: Subscriber) -> dict[str, str | None]:
         """Add ``sub`` to its channels, subscribing the broker where it is the first.
 
         Return each channel's position for ``sub`` (None without history): every
@@ -195,7 +209,7 @@ class Hub:
             f"through within {config.timeout} s (TIMEOUT): {exc}"
         )
 
-    async def detach(self, sub: Subscription) -> None:
+    async def detach(self, sub: Subscriber) -> None:
         """Remove ``sub``; unsubscribe the broker from channels nobody wants any more.
 
         The local removal is immediate; the broker clean-up runs in its own task, so it
@@ -206,7 +220,7 @@ class Hub:
             return  # others still listen on every channel: nothing to release
         await asyncio.shield(asyncio.get_running_loop().create_task(self._locked_release()))
 
-    def _remove(self, sub: Subscription) -> None:
+    def _remove(self, sub: Subscriber) -> None:
         for channel in sub.channels:
             subs = self._subscribers.get(channel)
             if subs is not None:

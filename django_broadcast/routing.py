@@ -40,7 +40,7 @@ from django.urls.resolvers import RegexPattern
 
 from .consumers import BroadcastWebsocketConsumer, EventStreamConsumer, shutdown
 from .consumers.outlet import capture_server_send
-from .handler import broadcasts
+from .registry import broadcasts
 
 __all__ = [
     "application",

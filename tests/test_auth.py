@@ -11,7 +11,7 @@ from django.test import override_settings
 
 from django_broadcast.auth import authorize
 from django_broadcast.checks import check_clients
-from django_broadcast.clients import client_settings
+from django_broadcast.consumers.settings import client_settings
 
 CALLS: list[tuple[Any, str, str]] = []
 

@@ -25,7 +25,11 @@ TIMEOUT = 10
 def errors(setting: object) -> list[str]:
     with override_settings(BROADCAST=setting):
         found = run_checks()
-        return [f"{m.id}: {m.msg} {m.hint}" for m in found if m.id.startswith("django_broadcast.E")]
+        return [
+            f"{m.id}: {m.msg} {m.hint}"
+            for m in found
+            if (m.id or "").startswith("django_broadcast.E")
+        ]
 
 
 def test_an_option_the_backend_cannot_honour_is_a_startup_error() -> None:

@@ -11,6 +11,7 @@ import gc
 import inspect
 import random
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
@@ -24,7 +25,6 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from django_broadcast import Broadcast
-from django_broadcast import layers as layers_module
 from django_broadcast.layers import BroadcastChannelLayer
 
 from .conftest import PrivateRedis, using
@@ -215,8 +215,8 @@ async def test_expired_messages_are_dropped(
     channel = await layer.new_channel()
     await layer.group_add(group, channel)
     await layer.send(channel, {"type": "old"})
-    now = layers_module.time.time()
-    monkeypatch.setattr(layers_module.time, "time", lambda: now + layer.expiry + 1)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
     await layer.send(channel, {"type": "new"})
     assert (await receive(layer, channel))["type"] == "new"
     # As in Channels' in-memory layer, an expired message takes its channel out of
@@ -229,8 +229,8 @@ async def test_expired_messages_of_channels_nobody_reads_are_dropped(
 ) -> None:
     unread, read = await layer.new_channel(), await layer.new_channel()
     await layer.send(unread, {"type": "never.read"})
-    now = layers_module.time.time()
-    monkeypatch.setattr(layers_module.time, "time", lambda: now + layer.expiry + 1)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
     await layer.send(read, {"type": "m"})
     assert (await receive(layer, read))["type"] == "m"
     assert layer._inboxes == {}  # the unread channel is forgotten too
@@ -388,8 +388,8 @@ async def test_group_messages_expire_unreceived(
     await layer.group_add(group, witness)
     await layer.group_send(group, {"type": "old"})
     assert (await receive(layer, witness))["type"] == "old"  # routed to the member too
-    now = layers_module.time.time()
-    monkeypatch.setattr(layers_module.time, "time", lambda: now + layer.expiry + 1)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
     assert await nothing_arrives(layer, member)
 
 

@@ -41,14 +41,14 @@ from django.contrib.auth.models import AnonymousUser
 
 from .. import auth
 from ..broadcast import Broadcast
-from ..clients import ClientSettings, client_settings
 from ..events import gap_event, validate_channel
 from ..exceptions import BroadcastUnavailable, SubscriptionClosed
-from ..handler import broadcasts
+from ..registry import broadcasts
 from ..subscription import Subscription
 from . import shutdown
 from .frames import sse_body
 from .outlet import Outlet
+from .settings import ClientSettings, client_settings
 
 __all__ = ["LIVE", "EventStreamConsumer", "format_position", "parse_position"]
 

@@ -52,7 +52,6 @@ from django.contrib.auth.models import AnonymousUser
 
 from .. import auth
 from ..broadcast import Broadcast
-from ..clients import ClientSettings, client_settings
 from ..events import RESERVED_PREFIX, validate_channel
 from ..exceptions import (
     BroadcastUnavailable,
@@ -60,10 +59,11 @@ from ..exceptions import (
     SubscriptionClosed,
     SubscriptionOverflow,
 )
-from ..handler import broadcasts
+from ..registry import broadcasts
 from ..subscription import Subscription
 from .frames import websocket_frame
 from .outlet import Outlet
+from .settings import ClientSettings, client_settings
 
 __all__ = ["LAYER_FIELDS", "RESERVED_TYPE_PREFIXES", "BroadcastWebsocketConsumer", "ProtocolError"]
 

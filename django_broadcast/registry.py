@@ -13,10 +13,10 @@ from django.dispatch import receiver
 from .broadcast import Broadcast
 from .conf import AliasConfig, get_aliases
 
-__all__ = ["BroadcastHandler", "broadcasts"]
+__all__ = ["BroadcastRegistry", "broadcasts"]
 
 
-class BroadcastHandler:
+class BroadcastRegistry:
     """Builds each alias of ``settings.BROADCAST`` lazily, once per process.
 
     ``override_settings(BROADCAST=...)`` resets it: the old aliases are closed and the
@@ -72,7 +72,7 @@ class BroadcastHandler:
             instance.close()
 
 
-broadcasts = BroadcastHandler()
+broadcasts = BroadcastRegistry()
 
 
 @receiver(setting_changed)

@@ -1,0 +1,69 @@
+"""What travels: a channel-layer message as a broadcast event and back.
+
+Channel-layer messages may carry ``bytes`` (WebSocket binary frames), which the JSON
+codec cannot: they travel as ``{"__bytes__": "<base64>"}``. A group member receives a
+fresh copy of the message, never a dict shared with another consumer.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ..events import Event
+
+__all__ = ["SEND_TYPE", "decode_bytes", "encode_bytes", "fresh_copy", "member_message"]
+
+#: The event type of a ``send()`` to another process's channel.
+SEND_TYPE = "channels.send"
+_BYTES = "__bytes__"
+
+
+def encode_bytes(value: Any) -> Any:
+    """``value`` with every ``bytes`` inside replaced by a JSON-safe tagged dict."""
+    if isinstance(value, bytes):
+        return {_BYTES: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {key: encode_bytes(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_bytes(item) for item in value]
+    return value
+
+
+def decode_bytes(value: Any) -> Any:
+    """A fresh copy of ``value`` with the tagged dicts of :func:`encode_bytes` turned
+    back into ``bytes``: every call builds new containers, so receivers never share."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_BYTES), str):
+            return base64.b64decode(value[_BYTES])
+        return {key: decode_bytes(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_bytes(item) for item in value]
+    return value
+
+
+_ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def fresh_copy(value: Any) -> Any:
+    """A copy of every dict and list in ``value`` (as :func:`decode_bytes` returns
+    them), sharing only immutable leaves: cheaper than decoding again per receiver."""
+    if type(value) is dict:
+        copied = value.copy()
+        for key, item in copied.items():
+            if type(item) not in _ATOMS:
+                copied[key] = fresh_copy(item)  # replaces a value: the size stays
+        return copied
+    if type(value) is list:
+        return [item if type(item) in _ATOMS else fresh_copy(item) for item in value]
+    return value
+
+
+def member_message(event: Event) -> dict[str, Any]:
+    """The channel-layer message a group member receives for ``event`` (a new dict)."""
+    data = decode_bytes(event.data)
+    message: dict[str, Any] = {"channel": event.channel, "id": event.id, "data": data}
+    if isinstance(data, dict):
+        message.update(data)
+    message["type"] = event.type
+    return message
