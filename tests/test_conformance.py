@@ -22,29 +22,10 @@ from django_broadcast import (
     SubscriptionOverflow,
 )
 
+from .brokers import Broker
 from .conftest import alias_settings, using
 
 TIMEOUT = 5
-
-
-async def broker_subscriptions(bc: Broadcast, channel: str) -> int:
-    """How many subscriptions the broker itself holds for ``channel``."""
-    backend = bc.backend
-    kind = type(backend).__name__
-    if kind == "MemoryBackend":
-        return int(channel in backend.subscribed_channels())  # type: ignore[attr-defined]
-    import redis.asyncio
-
-    client = redis.asyncio.Redis.from_url(backend.location.replace("+streams", ""))
-    try:
-        if kind == "RedisBackend":
-            [(_, count)] = await client.pubsub_numsub(backend.options["prefix"] + channel)
-            return int(count)
-        # Streams: a receiver is one named connection blocked in XREAD.
-        name = backend.connection_name("streams")  # type: ignore[attr-defined]
-        return sum(1 for c in await client.client_list() if c.get("name") == name)
-    finally:
-        await client.aclose()
 
 
 async def eventually(predicate, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
@@ -118,7 +99,7 @@ async def test_order_is_kept(bc: Broadcast, channel: str) -> None:
 
 
 async def test_a_thousand_subscribers_at_once_share_one_broker_subscription(
-    bc: Broadcast, channel: str
+    broker: Broker, bc: Broadcast, channel: str
 ) -> None:
     count = 1000
     ready = 0
@@ -137,27 +118,31 @@ async def test_a_thousand_subscribers_at_once_share_one_broker_subscription(
     tasks = [asyncio.create_task(subscriber()) for _ in range(count)]
     await asyncio.wait_for(all_ready.wait(), TIMEOUT)
     assert bc._hub().channels == {channel}
-    assert await broker_subscriptions(bc, channel) == 1
+    assert await broker.subscriptions(bc, channel) == 1
     await bc.apublish(channel, "everyone")
     go.set()
     events = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
     assert {e.data for e in events} == {"everyone"} and len(events) == count
 
 
-async def test_leaving_releases_the_broker_subscription(bc: Broadcast, channel: str) -> None:
+async def test_leaving_releases_the_broker_subscription(
+    broker: Broker, bc: Broadcast, channel: str
+) -> None:
     async with bc.subscribe(channel):
         async with bc.subscribe(channel):
-            assert await broker_subscriptions(bc, channel) == 1
+            assert await broker.subscriptions(bc, channel) == 1
         assert bc._hub().channels == {channel}  # one subscriber left
     assert bc._hub().channels == set()
 
     async def released() -> bool:
-        return await broker_subscriptions(bc, channel) == 0
+        return await broker.subscriptions(bc, channel) == 0
 
     await eventually(released)
 
 
-async def test_cancelled_subscriber_is_released(bc: Broadcast, channel: str) -> None:
+async def test_cancelled_subscriber_is_released(
+    broker: Broker, bc: Broadcast, channel: str
+) -> None:
     entered = asyncio.Event()
 
     async def listen() -> None:
@@ -172,7 +157,7 @@ async def test_cancelled_subscriber_is_released(bc: Broadcast, channel: str) -> 
         await task
 
     async def released() -> bool:
-        return await broker_subscriptions(bc, channel) == 0
+        return await broker.subscriptions(bc, channel) == 0
 
     await eventually(released)
 
@@ -241,8 +226,9 @@ async def test_history_and_resume(bc: Broadcast, channel: str) -> None:
     assert resumed == [8, 9, 10]
 
 
-async def test_resume_beyond_history_gets_a_gap(history_backend_name: str, channel: str) -> None:
-    with using(alias_settings(history_backend_name, OPTIONS={"history": 5})) as bc:
+@pytest.mark.features("history")
+async def test_resume_beyond_history_gets_a_gap(backend_name: str, channel: str) -> None:
+    with using(alias_settings(backend_name, OPTIONS={"history": 5})) as bc:
         first = bc.publish(channel, 0)
         assert first is not None
         for n in range(1, 200):
@@ -257,8 +243,9 @@ async def test_resume_beyond_history_gets_a_gap(history_backend_name: str, chann
     assert rest == [e.data for e in events[1:]] and rest[-1] == 199
 
 
-async def test_malformed_since_is_refused(history_backend_name: str, channel: str) -> None:
-    with using(alias_settings(history_backend_name)) as bc:
+@pytest.mark.features("history")
+async def test_malformed_since_is_refused(backend_name: str, channel: str) -> None:
+    with using(alias_settings(backend_name)) as bc:
         with pytest.raises(ValueError, match="not"):
             bc.subscribe(channel, since="yesterday")
         with pytest.raises(ValueError):

@@ -16,6 +16,7 @@ from django_broadcast import Broadcast
 from django_broadcast.consumers import EventStreamConsumer
 from django_broadcast.consumers.sse import format_position, parse_position
 
+from .brokers import Broker
 from .conftest import PrivateRedis, alias_settings, using
 
 TIMEOUT = 5
@@ -118,11 +119,10 @@ async def test_keep_alive_comments(bc: Broadcast, channel: str) -> None:
         await stream.close()
 
 
-async def test_multi_channel_resume_from_last_event_id(
-    history_backend_name: str, channel: str
-) -> None:
+@pytest.mark.features("history")
+async def test_multi_channel_resume_from_last_event_id(backend_name: str, channel: str) -> None:
     a, b = f"{channel}-a", f"{channel}-b"
-    with using(alias_settings(history_backend_name)) as bc:
+    with using(alias_settings(backend_name)) as bc:
         stream = Stream(f"channel={a}&channel={b}")
         await stream.start()
         await bc.apublish(a, "a0")
@@ -144,9 +144,9 @@ async def test_multi_channel_resume_from_last_event_id(
         await bc.aclose()
 
 
-async def test_gap_is_an_event_named_gap(backend_name: str, channel: str) -> None:
-    # Pub/sub keeps no history at all: any resume is a gap there.
-    options = {} if backend_name == "redis" else {"history": 5}
+async def test_gap_is_an_event_named_gap(broker: Broker, backend_name: str, channel: str) -> None:
+    # Without history, any resume is a gap.
+    options = {"history": 5} if broker.features.history else {}
     with using(alias_settings(backend_name, OPTIONS=options)) as bc:
         first = bc.publish(channel, 0, on_commit=False)
         for n in range(1, 300):

@@ -90,10 +90,9 @@ async def test_resume_replays_then_goes_live(backend_name: str, channel: str) ->
             await bc.aclose()
 
 
-async def test_resume_beyond_history_is_not_recovered(
-    history_backend_name: str, channel: str
-) -> None:
-    with using(alias_settings(history_backend_name, OPTIONS={"history": 5})) as bc:
+@pytest.mark.features("history")
+async def test_resume_beyond_history_is_not_recovered(backend_name: str, channel: str) -> None:
+    with using(alias_settings(backend_name, OPTIONS={"history": 5})) as bc:
         first = bc.publish(channel, 0, on_commit=False)
         for n in range(1, 300):
             bc.publish(channel, n, on_commit=False)

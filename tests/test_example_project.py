@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import BACKEND_URLS, PREFIX
+from .brokers import BROKERS
+from .conftest import PREFIX
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 
@@ -39,7 +40,7 @@ def test_example_project_works(backend_name: str) -> None:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "demo.settings",
-        "BROADCAST_URL": BACKEND_URLS[backend_name],
+        "BROADCAST_URL": BROKERS[backend_name].url(),
         "BROADCAST_PREFIX": PREFIX + "demo:",
     }
     done = subprocess.run(

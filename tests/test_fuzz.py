@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from django_broadcast import Broadcast, MessageTooLarge, broadcasts
 from django_broadcast.consumers import BroadcastWebsocketConsumer, EventStreamConsumer
 
-from .conftest import BACKEND_URLS, REDIS_URL, alias_settings, require_broker
+from .brokers import BROKERS
+from .conftest import REDIS_URL, alias_settings, require_broker
 from .servers import SERVERS
 
 TIMEOUT = 5
@@ -120,11 +121,12 @@ def public() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("public")
+@pytest.mark.features("history")
 def test_no_websocket_frame_breaks_the_connection(
-    history_backend_name: str, loop: asyncio.AbstractEventLoop
+    backend_name: str, loop: asyncio.AbstractEventLoop
 ) -> None:
     run = runner(loop)
-    with override_settings(BROADCAST={"default": alias_settings(history_backend_name)}):
+    with override_settings(BROADCAST={"default": alias_settings(backend_name)}):
         bc = broadcasts["default"]
         ws = WebsocketCommunicator(BroadcastWebsocketConsumer.as_asgi(), "/broadcast/ws/")
         assert run(ws.connect(timeout=TIMEOUT))[0]
@@ -258,7 +260,7 @@ def test_no_frame_breaks_a_connection_through_a_real_server(
     import websockets
 
     run = runner(loop)
-    server = serve(kind, url=BACKEND_URLS["redis+streams"])
+    server = serve(kind, url=BROKERS["redis+streams"].url())
     ws = run(server.websocket())
     run(ws.send(json.dumps({"op": "subscribe", "channel": "t-live"})))
 

@@ -165,17 +165,18 @@ BAD_IDS = {
 }
 
 
-def test_ids_are_parsed_strictly(history_backend_name: str, channel: str) -> None:
-    with using(alias_settings(history_backend_name)) as bc:
+@pytest.mark.features("history")
+def test_ids_are_parsed_strictly(backend_name: str, channel: str) -> None:
+    with using(alias_settings(backend_name)) as bc:
         backend = bc.backend
-        expected = "decimal number" if history_backend_name == "memory" else "stream id"
-        for bad in BAD_IDS[history_backend_name]:
+        expected = "decimal number" if backend_name == "memory" else "stream id"
+        for bad in BAD_IDS[backend_name]:
             with pytest.raises(ValueError, match=expected):
                 backend.id_key(bad)
             with pytest.raises(ValueError, match=expected):
                 bc.history(channel, since=bad)  # refused here, not by the broker
         largest = str(2**64 - 1)
-        if history_backend_name == "redis+streams":
+        if backend_name == "redis+streams":
             largest = f"{largest}-{largest}"
         assert backend.id_key(largest) > backend.id_key(backend.features.origin or "")
         [notice] = bc.history(channel, since=largest)  # an id this broker never made

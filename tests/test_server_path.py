@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import BACKEND_URLS, PREFIX, REDIS_URL, PrivateRedis, require_broker, using
+from .brokers import BROKERS
+from .conftest import PREFIX, REDIS_URL, PrivateRedis, require_broker, using
 from .servers import SERVERS, Server
 
 TIMEOUT = 10
-STREAMS = BACKEND_URLS["redis+streams"]
+STREAMS = BROKERS["redis+streams"].url()
 
 pytestmark = pytest.mark.usefixtures("redis_up")
 

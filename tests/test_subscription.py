@@ -22,11 +22,12 @@ async def drain(sub: Subscription, count: int) -> list[Event]:
     return [await sub.get(timeout=TIMEOUT) for _ in range(count)]
 
 
+@pytest.mark.features("history")
 async def test_a_subscription_knows_its_position_when_it_opens(
-    history_backend_name: str, channel: str
+    backend_name: str, channel: str
 ) -> None:
     quiet, busy = f"{channel}.quiet", f"{channel}.busy"
-    with using(alias_settings(history_backend_name)) as bc:
+    with using(alias_settings(backend_name)) as bc:
         last = [await bc.apublish(busy, n) for n in range(3)][-1]
         async with bc.subscribe(quiet, busy) as sub:
             # The busy channel resumes after its newest event, the quiet one from the
@@ -42,10 +43,11 @@ async def test_a_subscription_knows_its_position_when_it_opens(
         await bc.aclose()
 
 
+@pytest.mark.features("history")
 async def test_a_second_local_subscriber_gets_the_hubs_position(
-    history_backend_name: str, channel: str
+    backend_name: str, channel: str
 ) -> None:
-    with using(alias_settings(history_backend_name)) as bc:
+    with using(alias_settings(backend_name)) as bc:
         async with bc.subscribe(channel) as first:
             sent = await bc.apublish(channel, 1)
             assert (await first.get(timeout=TIMEOUT)).id == sent.id
@@ -54,17 +56,15 @@ async def test_a_second_local_subscriber_gets_the_hubs_position(
         await bc.aclose()
 
 
-async def test_no_positions_without_history(channel: str) -> None:
-    with using(alias_settings("redis")) as bc:
-        async with bc.subscribe(channel) as sub:
-            assert sub.positions == {}
-        await bc.aclose()
+@pytest.mark.features(history=False)
+async def test_no_positions_without_history(bc: Broadcast, channel: str) -> None:
+    async with bc.subscribe(channel) as sub:
+        assert sub.positions == {}
 
 
-async def test_a_long_replay_is_paged_and_loses_nothing(
-    history_backend_name: str, channel: str
-) -> None:
-    entry = alias_settings(history_backend_name, QUEUE_SIZE=10, OPTIONS={"history": 5000})
+@pytest.mark.features("history")
+async def test_a_long_replay_is_paged_and_loses_nothing(backend_name: str, channel: str) -> None:
+    entry = alias_settings(backend_name, QUEUE_SIZE=10, OPTIONS={"history": 5000})
     with using(entry) as bc:
         first = await bc.apublish(channel, 0)
         for n in range(1, 300):
@@ -88,10 +88,11 @@ async def test_a_long_replay_is_paged_and_loses_nothing(
     assert last.id == marker.id
 
 
+@pytest.mark.features("history")
 async def test_live_events_that_overflow_during_a_replay_are_read_from_history(
-    history_backend_name: str, channel: str
+    backend_name: str, channel: str
 ) -> None:
-    entry = alias_settings(history_backend_name, QUEUE_SIZE=5, OPTIONS={"history": 5000})
+    entry = alias_settings(backend_name, QUEUE_SIZE=5, OPTIONS={"history": 5000})
     with using(entry) as bc:
         first = await bc.apublish(channel, 0)
         for n in range(1, 50):
@@ -235,11 +236,12 @@ async def test_subscribing_while_the_hub_reconnects_is_unavailable_not_an_intern
         await bc.aclose()
 
 
+@pytest.mark.features("history")
 async def test_subscribe_with_since_on_a_history_backend_replays_to_the_live_head(
-    history_backend_name: str, channel: str
+    backend_name: str, channel: str
 ) -> None:
     # Events published while a replay reads history are neither lost nor repeated.
-    with using(alias_settings(history_backend_name, QUEUE_SIZE=7)) as bc:
+    with using(alias_settings(backend_name, QUEUE_SIZE=7)) as bc:
         first = await bc.apublish(channel, 0)
 
         async def publisher() -> None:
