@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +16,7 @@ from .backends import schemes
 from .backends.base import Backend, Features, HistoryPage, Message
 from .codec import Codec
 from .conf import AliasConfig
-from .events import Event, gap_event, validate_channel
+from .events import Event, gap_event, validate_channel, validate_pattern
 from .exceptions import BroadcastError, BroadcastUnavailable, MessageTooLarge
 from .hub import Hub, Hubs
 from .signals import publish_failed
@@ -183,6 +183,7 @@ class Broadcast:
     def subscribe(
         self,
         *channels: str,
+        patterns: Sequence[str] = (),
         since: str | Mapping[str, str] | None = None,
         persistent: bool = False,
     ) -> Subscription:
@@ -192,14 +193,28 @@ class Broadcast:
         received. ``since`` is an event id, applied to every channel, or a mapping of
         channel to id: on backends with history the events after it are replayed first,
         in order, and where history cannot cover the gap (or the backend keeps none)
-        the subscriber gets a ``broadcast.gap`` notice instead. A ``persistent``
-        subscription outlives broker outages of any length (see :class:`Subscription`).
+        the subscriber gets a ``broadcast.gap`` notice instead. ``patterns`` (where the
+        backend can subscribe by pattern, ``features.patterns``) receive every channel
+        that matches: ``"chat.*"`` (``*`` any run of characters, ``?`` one); there is
+        no resume for them. A ``persistent`` subscription outlives broker outages of
+        any length (see :class:`Subscription`).
         """
-        if not channels:
-            raise TypeError("subscribe() needs at least one channel")
+        if isinstance(patterns, str):
+            patterns = (patterns,)
+        if not channels and not patterns:
+            raise TypeError("subscribe() needs at least one channel or pattern")
         unique = tuple(dict.fromkeys(validate_channel(c) for c in channels))
+        globs = tuple(dict.fromkeys(validate_pattern(p) for p in patterns))
+        if globs and not self.features.patterns:
+            raise BroadcastError(
+                f"alias {self.alias!r} uses {type(self.backend).__name__}, which cannot "
+                f"subscribe by pattern: name the channels, or use a backend that can "
+                f"({schemes.describe('patterns')})"
+            )
         resume: dict[str, str] = {}
         if isinstance(since, str):
+            if not unique:
+                raise ValueError("since resumes channels: patterns have no history")
             resume = dict.fromkeys(unique, since)
         elif isinstance(since, Mapping):
             unknown = set(since) - set(unique)
@@ -210,7 +225,7 @@ class Broadcast:
             raise TypeError(f"since must be an event id or a mapping, not {since!r}")
         for event_id in resume.values():
             self.validate_id(event_id)
-        return Subscription(self._hubs, unique, resume, persistent=persistent)
+        return Subscription(self._hubs, unique, resume, patterns=globs, persistent=persistent)
 
     def _decode(self, message: Message) -> Event:
         envelope = self.codec.decode(message.payload)

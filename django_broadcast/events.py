@@ -16,6 +16,7 @@ __all__ = [
     "is_reserved",
     "utcnow",
     "validate_channel",
+    "validate_pattern",
 ]
 
 #: ``Event.type`` of the notice a subscriber receives where events may have been lost.
@@ -77,6 +78,25 @@ def validate_channel(channel: object) -> str:
     raise ValueError(
         f"channel {channel!r} has {what} at position {bad.start()}: "
         f"use ASCII letters, digits, '-', '_' or '.'"
+    )
+
+
+_PATTERN_RE = re.compile(r"[A-Za-z0-9_.\-*?]{1,100}")
+
+
+def validate_pattern(pattern: object) -> str:
+    """Return ``pattern`` if it is a valid channel pattern, else raise ``ValueError``.
+
+    A pattern is a channel name that may hold ``*`` (any run of characters, dots
+    included) and ``?`` (one character): ``"chat.*"``, ``"scores.?"``.
+    """
+    if type(pattern) is str and _PATTERN_RE.fullmatch(pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str, not {type(pattern).__name__}: {pattern!r}")
+    raise ValueError(
+        f"pattern {pattern[:100]!r} is not valid: use 1 to 100 ASCII letters, digits, "
+        f"'-', '_', '.', and the wildcards '*' and '?'"
     )
 
 

@@ -61,6 +61,7 @@ class Subscriber(Protocol):
     outlives outages, and where to put its events."""
 
     channels: tuple[str, ...]
+    patterns: tuple[str, ...]
     persistent: bool
 
     def _put(self, event: Event) -> None: ...
@@ -133,6 +134,8 @@ class Hub:
         self._lock = asyncio.Lock()
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
         self._broker_channels: set[str] = set()
+        self._pattern_subscribers: dict[str, dict[Subscriber, None]] = {}
+        self._broker_patterns: set[str] = set()
         # On backends with history: channel -> id of the last event handed out (or
         # the position the broker subscription started from).
         self._positions: dict[str, str] = {}
@@ -146,6 +149,18 @@ class Hub:
     def channels(self) -> set[str]:
         """The channels this hub holds a broker subscription for."""
         return set(self._broker_channels)
+
+    @property
+    def patterns(self) -> set[str]:
+        """The patterns this hub holds a broker subscription for."""
+        return set(self._broker_patterns)
+
+    def _everyone(self) -> list[Subscriber]:
+        """Every subscriber, once."""
+        found: dict[Subscriber, None] = {}
+        for subs in (*self._subscribers.values(), *self._pattern_subscribers.values()):
+            found.update(subs)
+        return list(found)
 
     async def attach(self, sub: Subscriber) -> dict[str, str | None]:
         """Add ``sub`` to its channels, subscribing the broker where it is the first.
@@ -173,6 +188,11 @@ class Hub:
                     if start is not None:
                         self._positions.setdefault(channel, start)
                     positions[channel] = start
+                for pattern in sub.patterns:
+                    self._pattern_subscribers.setdefault(pattern, {})[sub] = None
+                    if pattern not in self._broker_patterns:
+                        await receiver.psubscribe(pattern)
+                        self._broker_patterns.add(pattern)
                 honour_cancellation()
             except BaseException as exc:
                 self._remove(sub)
@@ -216,17 +236,23 @@ class Hub:
         completes even when the caller is being cancelled (a client went away).
         """
         self._remove(sub)
-        if all(channel in self._subscribers for channel in sub.channels):
+        if all(channel in self._subscribers for channel in sub.channels) and all(
+            pattern in self._pattern_subscribers for pattern in sub.patterns
+        ):
             return  # others still listen on every channel: nothing to release
         await asyncio.shield(asyncio.get_running_loop().create_task(self._locked_release()))
 
     def _remove(self, sub: Subscriber) -> None:
-        for channel in sub.channels:
-            subs = self._subscribers.get(channel)
-            if subs is not None:
-                subs.pop(sub, None)
-                if not subs:
-                    del self._subscribers[channel]
+        for names, registry in (
+            (sub.channels, self._subscribers),
+            (sub.patterns, self._pattern_subscribers),
+        ):
+            for name in names:
+                subs = registry.get(name)
+                if subs is not None:
+                    subs.pop(sub, None)
+                    if not subs:
+                        del registry[name]
 
     async def _locked_release(self) -> None:
         async with self._lock:
@@ -243,13 +269,20 @@ class Hub:
                 await receiver.unsubscribe(channel)
             except Exception:  # the connection may be down: closing it below suffices
                 logger.debug("unsubscribe from %r failed", channel, exc_info=True)
-        if not self._subscribers:
+        for pattern in [p for p in self._broker_patterns if p not in self._pattern_subscribers]:
+            self._broker_patterns.discard(pattern)
+            try:
+                await receiver.punsubscribe(pattern)
+            except Exception:
+                logger.debug("unsubscribe from pattern %r failed", pattern, exc_info=True)
+        if not self._subscribers and not self._pattern_subscribers:
             await self._stop_receiver()
 
     async def _stop_receiver(self) -> None:
         receiver, listener = self._receiver, self._listener
         self._receiver = self._listener = None
         self._broker_channels.clear()
+        self._broker_patterns.clear()
         self._positions.clear()
         self._connected.clear()
         if listener is not None and listener is not asyncio.current_task():
@@ -319,12 +352,11 @@ class Hub:
     def _end_transient(self, exc: SubscriptionClosed) -> bool:
         """End the subscriptions that are not persistent; whether others remain."""
         remain = False
-        for subs in self._subscribers.values():
-            for sub in subs:
-                if sub.persistent:
-                    remain = True
-                else:
-                    sub._close(exc)
+        for sub in self._everyone():
+            if sub.persistent:
+                remain = True
+            else:
+                sub._close(exc)
         if remain:
             logger.warning(
                 "alias %r: the broker stayed away longer than RECONNECT_TIMEOUT; "
@@ -340,9 +372,14 @@ class Hub:
         decode = self._hubs.decode
         subscribers = self._subscribers
         by_channel: dict[str, list[Event]] = {}
+        by_pattern: dict[tuple[str, str], list[Event]] | None = None
         for message in batch:
             channel = message.channel
-            if channel not in subscribers:
+            pattern = message.pattern
+            if pattern is None:
+                if channel not in subscribers:
+                    continue
+            elif pattern not in self._pattern_subscribers:
                 continue
             if message.gap is not None:
                 event = gap_event(channel, message.gap)
@@ -357,6 +394,11 @@ class Hub:
                         exc_info=True,
                     )
                     continue
+            if pattern is not None:
+                if by_pattern is None:
+                    by_pattern = {}
+                by_pattern.setdefault((pattern, channel), []).append(event)
+                continue
             events = by_channel.get(channel)
             if events is None:
                 by_channel[channel] = [event]
@@ -371,18 +413,24 @@ class Hub:
                         break
             for sub in subscribers.get(channel, ()):
                 sub._put_many(events)
+        if by_pattern:
+            for (pattern, channel), events in by_pattern.items():
+                for sub in self._pattern_subscribers.get(pattern, ()):
+                    if channel not in sub.channels:  # else it has them by name
+                        sub._put_many(events)
 
-    def _fan_out_gap(self, channel: str, reason: str) -> None:
-        event = gap_event(channel, reason)
-        for sub in self._subscribers.get(channel, ()):
+    def _fan_out_gap(self, name: str, reason: str) -> None:
+        """A gap notice to the subscribers of channel (or pattern) ``name``."""
+        event = gap_event(name, reason)
+        for sub in {**self._subscribers.get(name, {}), **self._pattern_subscribers.get(name, {})}:
             sub._put(event)
 
     async def _fail(self, exc: SubscriptionClosed) -> None:
         async with self._lock:
-            for subs in list(self._subscribers.values()):
-                for sub in list(subs):
-                    sub._close(exc)
+            for sub in self._everyone():
+                sub._close(exc)
             self._subscribers.clear()
+            self._pattern_subscribers.clear()
             await self._stop_receiver()
 
     # Closing -------------------------------------------------------------------------
@@ -392,10 +440,10 @@ class Hub:
         if self.closed:
             return
         self.closed = True
-        for subs in list(self._subscribers.values()):
-            for sub in list(subs):
-                sub._close(None)
+        for sub in self._everyone():
+            sub._close(None)
         self._subscribers.clear()
+        self._pattern_subscribers.clear()
         if self._receiver is not None:
             asyncio.get_running_loop().create_task(self._locked_release())
 

@@ -68,9 +68,12 @@ class Subscription:
         channels: tuple[str, ...],
         since: Mapping[str, str] | None = None,
         *,
+        patterns: tuple[str, ...] = (),
         persistent: bool = False,
     ) -> None:
         self.channels = channels
+        #: Patterns whose matching channels it receives (``chat.*``).
+        self.patterns = patterns
         #: Whether it outlives outages longer than ``RECONNECT_TIMEOUT``.
         self.persistent = persistent
         #: Events this subscription lost because it fell behind (``OVERFLOW``).
@@ -107,7 +110,7 @@ class Subscription:
         self._overflowed = False
 
     def __repr__(self) -> str:
-        return f"<Subscription {self._alias}:{','.join(self.channels)}>"
+        return f"<Subscription {self._alias}:{','.join((*self.channels, *self.patterns))}>"
 
     @property
     def closed(self) -> bool:

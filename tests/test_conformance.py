@@ -337,3 +337,63 @@ async def test_closing_the_alias_wakes_every_subscriber(bc: Broadcast, channel: 
     await bc.aclose()
     await asyncio.wait_for(task, TIMEOUT)  # iteration ended: nobody hangs
     assert got == []
+
+
+# Patterns -------------------------------------------------------------------------------
+
+
+@pytest.mark.features("patterns")
+async def test_a_pattern_receives_every_channel_that_matches(bc: Broadcast, channel: str) -> None:
+    async with bc.subscribe(patterns=[f"{channel}.*"]) as sub:
+        await bc.apublish(f"{channel}.a", 1)
+        await bc.apublish(f"{channel}-not", "no")
+        await bc.apublish(f"{channel}.b.deeper", 2)
+        received = [await sub.get(timeout=TIMEOUT) for _ in range(2)]
+        marker = await bc.apublish(f"{channel}.marker", "marker")
+        assert (await sub.get(timeout=TIMEOUT)).id == marker.id  # nothing else came
+    assert [(e.channel, e.data) for e in received] == [
+        (f"{channel}.a", 1),
+        (f"{channel}.b.deeper", 2),
+    ]
+
+
+@pytest.mark.features("patterns")
+async def test_a_channel_held_by_name_and_by_pattern_comes_once(
+    bc: Broadcast, channel: str
+) -> None:
+    named = f"{channel}.a"
+    async with bc.subscribe(named, patterns=[f"{channel}.?"]) as sub:
+        first = await bc.apublish(named, 1)
+        other = await bc.apublish(f"{channel}.b", 2)
+        marker = await bc.apublish(named, "marker")
+        got = [(await sub.get(timeout=TIMEOUT)).id for _ in range(3)]
+        assert sorted(got) == sorted([first.id, other.id, marker.id])
+        end = await bc.apublish(f"{channel}.c", "end")  # through the pattern only
+        assert (await sub.get(timeout=TIMEOUT)).id == end.id  # no second copy before it
+
+
+@pytest.mark.features("patterns")
+async def test_subscribers_of_a_pattern_share_one_broker_subscription(
+    bc: Broadcast, channel: str
+) -> None:
+    pattern = f"{channel}.*"
+    async with bc.subscribe(patterns=[pattern]) as one, bc.subscribe(patterns=[pattern]) as two:
+        assert bc._hub().patterns == {pattern}
+        sent = await bc.apublish(f"{channel}.x", "both")
+        assert (await one.get(timeout=TIMEOUT)).id == sent.id
+        assert (await two.get(timeout=TIMEOUT)).id == sent.id
+    assert bc._hub().patterns == set()
+
+
+@pytest.mark.features(patterns=False)
+async def test_a_pattern_where_the_backend_has_none_is_a_clear_error(
+    bc: Broadcast, channel: str
+) -> None:
+    with pytest.raises(BroadcastError, match="cannot subscribe by pattern"):
+        bc.subscribe(patterns=[f"{channel}.*"])
+
+
+@pytest.mark.parametrize("bad", ["chat room.*", "", "x" * 101, "a/b"])
+def test_invalid_patterns(bad: str) -> None:
+    with using(alias_settings("memory")) as bc, pytest.raises(ValueError, match="pattern"):
+        bc.subscribe(patterns=[bad])

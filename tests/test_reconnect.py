@@ -101,3 +101,19 @@ async def test_an_unreachable_broker_fails_fast(
             async with bc.subscribe(channel):
                 pass
         await bc.aclose()
+
+
+@pytest.mark.features("patterns", history=False)
+async def test_a_pattern_subscriber_gets_a_gap_notice_after_a_restart(
+    broker: Broker, server: PrivateServer, channel: str
+) -> None:
+    pattern = f"{channel}.*"
+    with using(entry(broker, server)) as bc:
+        async with bc.subscribe(patterns=[pattern]) as sub:
+            server.kill()
+            server.start()
+            notice = await next_real(sub)
+            assert notice.type == GAP and notice.channel == pattern
+            sent = await bc.apublish(f"{channel}.x", "after")
+            assert (await next_real(sub)).id == sent.id
+        await bc.aclose()

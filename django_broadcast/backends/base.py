@@ -67,6 +67,8 @@ class Message:
     id: str
     payload: bytes
     gap: str | None = None
+    #: The pattern it was received through (:meth:`Receiver.psubscribe`), if any.
+    pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,20 @@ class Receiver(abc.ABC):
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``."""
 
+    async def psubscribe(self, pattern: str) -> None:
+        """Start receiving every channel that matches ``pattern`` (shell-style: ``*``
+        matches any run of characters, dots included, ``?`` one character); messages
+        received so carry ``pattern``, even where the channel is also subscribed by
+        name. Return once the broker has confirmed; leave nothing behind on failure.
+
+        Only called on backends whose features declare ``patterns``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot subscribe by pattern")
+
+    async def punsubscribe(self, pattern: str) -> None:
+        """Stop receiving through ``pattern``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot subscribe by pattern")
+
     @abc.abstractmethod
     async def read(self) -> Sequence[Message]:
         """Wait for the next messages (at least one), in broker order per channel.
@@ -130,10 +146,11 @@ class Receiver(abc.ABC):
 
     @abc.abstractmethod
     async def reconnect(self) -> set[str]:
-        """Connect again and resume every subscribed channel.
+        """Connect again and resume every subscribed channel and pattern.
 
-        Return the channels whose continuity could not be kept (messages published
-        while disconnected may be lost); the hub sends those subscribers a gap notice.
+        Return the channels (and patterns) whose continuity could not be kept
+        (messages published while disconnected may be lost); the hub sends their
+        subscribers a gap notice.
         Raise ``BroadcastUnavailable`` (or any ``OSError``) if the broker is still down.
         """
 

@@ -24,6 +24,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from .base import Backend, Features, HistoryPage, Message, Receiver
@@ -40,7 +41,9 @@ _MAX_ID_DIGITS = len(str(MAX_ID))
 class MemoryBackend(Backend):
     """Process-local broker with per-channel history."""
 
-    features = Features(history=True, origin=_ORIGIN, crosses_processes=False, id_order="channel")
+    features = Features(
+        history=True, origin=_ORIGIN, patterns=True, crosses_processes=False, id_order="channel"
+    )
     requires_location = False
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
@@ -55,6 +58,7 @@ class MemoryBackend(Backend):
         self._history: dict[str, deque[Message]] = {}
         self._evicted: dict[str, int] = {}  # channel -> id of the newest evicted event
         self._receivers: dict[str, set[_MemoryReceiver]] = {}
+        self._pattern_receivers: dict[str, set[_MemoryReceiver]] = {}
 
     def _send(self, channel: str, payload: bytes) -> str:
         with self._lock:
@@ -69,6 +73,11 @@ class MemoryBackend(Backend):
             # Delivered under the lock, so every receiver sees one order per channel.
             for receiver in self._receivers.get(channel, ()):
                 receiver.deliver(message)
+            for pattern, receivers in self._pattern_receivers.items():
+                if fnmatchcase(channel, pattern):
+                    matched = Message(channel, message.id, payload, pattern=pattern)
+                    for receiver in receivers:
+                        receiver.deliver(matched)
         return message.id
 
     def publish(self, channel: str, payload: bytes) -> str:
@@ -132,16 +141,31 @@ class MemoryBackend(Backend):
 
     def _detach(self, receiver: _MemoryReceiver, channel: str) -> None:
         with self._lock:
-            receivers = self._receivers.get(channel)
-            if receivers is not None:
-                receivers.discard(receiver)
-                if not receivers:
-                    del self._receivers[channel]
+            _discard(self._receivers, channel, receiver)
+
+    def _attach_pattern(self, receiver: _MemoryReceiver, pattern: str) -> None:
+        with self._lock:
+            self._pattern_receivers.setdefault(pattern, set()).add(receiver)
+
+    def _detach_pattern(self, receiver: _MemoryReceiver, pattern: str) -> None:
+        with self._lock:
+            _discard(self._pattern_receivers, pattern, receiver)
 
     def subscribed_channels(self) -> set[str]:
-        """Channels with at least one receiver: what "the broker" is subscribed to."""
+        """Channels (and patterns) with at least one receiver: what "the broker" is
+        subscribed to."""
         with self._lock:
-            return set(self._receivers)
+            return set(self._receivers) | set(self._pattern_receivers)
+
+
+def _discard(
+    receivers: dict[str, set[_MemoryReceiver]], name: str, receiver: _MemoryReceiver
+) -> None:
+    found = receivers.get(name)
+    if found is not None:
+        found.discard(receiver)
+        if not found:
+            del receivers[name]
 
 
 class _MemoryReceiver(Receiver):
@@ -152,6 +176,7 @@ class _MemoryReceiver(Receiver):
         self._pending: deque[Message] = deque()
         self._wakeup = asyncio.Event()
         self._channels: set[str] = set()
+        self._patterns: set[str] = set()
 
     def deliver(self, message: Message) -> None:
         # Called with the backend lock held, from any thread.
@@ -175,6 +200,14 @@ class _MemoryReceiver(Receiver):
         self._channels.discard(channel)
         self._backend._detach(self, channel)
 
+    async def psubscribe(self, pattern: str) -> None:
+        self._patterns.add(pattern)
+        self._backend._attach_pattern(self, pattern)
+
+    async def punsubscribe(self, pattern: str) -> None:
+        self._patterns.discard(pattern)
+        self._backend._detach_pattern(self, pattern)
+
     async def read(self) -> Sequence[Message]:
         while not self._pending:
             self._wakeup.clear()
@@ -189,3 +222,5 @@ class _MemoryReceiver(Receiver):
     async def close(self) -> None:
         for channel in list(self._channels):
             await self.unsubscribe(channel)
+        for pattern in list(self._patterns):
+            await self.punsubscribe(pattern)

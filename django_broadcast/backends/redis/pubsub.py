@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ __all__ = ["RedisBackend"]
 class RedisBackend(RedisBase):
     """Redis pub/sub: at-most-once delivery, no history (``redis://``, ``rediss://``)."""
 
-    features = Features(id_order="publisher", max_payload=MAX_PAYLOAD)
+    features = Features(patterns=True, id_order="publisher", max_payload=MAX_PAYLOAD)
 
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         super().__init__(location, options, timeout=timeout)
@@ -44,66 +45,97 @@ class RedisBackend(RedisBase):
         await self.aexecute("PUBLISH", self.prefix + channel, frame)
         return event_id
 
+    def pattern_key(self, pattern: str) -> str:
+        """The Redis glob of ``pattern``: the prefix, its own glob characters escaped."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + pattern
+
     def receiver(self) -> Receiver:
         """A receiver holding one ``SUBSCRIBE`` connection for the running loop."""
         return _PubSubReceiver(self)
 
 
+#: Per kind of subscription: its command, its confirmation and its undoing.
+_KINDS = {
+    "channel": ("SUBSCRIBE", b"subscribe", "UNSUBSCRIBE"),
+    "pattern": ("PSUBSCRIBE", b"psubscribe", "PUNSUBSCRIBE"),
+}
+
+
 class _PubSubReceiver(Receiver):
-    """One SUBSCRIBE connection; :meth:`read` is its only reader.
+    """One SUBSCRIBE connection, for channels and patterns; :meth:`read` is its only
+    reader.
 
     ``subscribe`` sends the command and waits for the confirmation, which the
     listener's ``read`` hands over through a future. A SUBSCRIBE not confirmed within
     TIMEOUT is followed by an UNSUBSCRIBE, so that the channel is not left subscribed
     at the broker when the SUBSCRIBE runs late; as its confirmation may still come,
     the confirmations of each channel are counted, and a later subscribe waits for
-    its own.
+    its own. Patterns alike, with PSUBSCRIBE.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self.link = Connection(backend, "pubsub")
         self.channels: set[str] = set()
-        self.unconfirmed: dict[bytes, int] = {}  # key -> SUBSCRIBEs not yet confirmed
-        self.pending: dict[bytes, tuple[list[int], asyncio.Future[None]]] = {}
+        self.patterns: dict[bytes, str] = {}  # Redis glob -> pattern
+        # (kind, key) -> SUBSCRIBEs not yet confirmed; and who waits for which.
+        self.unconfirmed: dict[tuple[str, bytes], int] = {}
+        self.pending: dict[tuple[str, bytes], tuple[list[int], asyncio.Future[None]]] = {}
 
     async def open(self) -> None:
         await self.link.connect()
 
     async def subscribe(self, channel: str) -> None:
-        key = self.backend.key(channel).encode()
+        await self._subscribe("channel", self.backend.key(channel).encode())
+        self.channels.add(channel)
+
+    async def psubscribe(self, pattern: str) -> None:
+        key = self.backend.pattern_key(pattern).encode()
+        await self._subscribe("pattern", key)
+        self.patterns[key] = pattern
+
+    async def _subscribe(self, kind: str, key: bytes) -> None:
+        command, _, undo = _KINDS[kind]
         future = asyncio.get_running_loop().create_future()
+        token = (kind, key)
         try:
             conn = self.link.require()
-            ahead = self.unconfirmed[key] = self.unconfirmed.get(key, 0) + 1
-            self.pending[key] = ([ahead], future)  # confirmations to wait for
+            ahead = self.unconfirmed[token] = self.unconfirmed.get(token, 0) + 1
+            self.pending[token] = ([ahead], future)  # confirmations to wait for
             async with _deadline(self.backend.timeout):
-                await conn.send_command("SUBSCRIBE", key)
+                await conn.send_command(command, key)
                 await future
         except BaseException as exc:
-            await self._abandon(key)
+            await self._abandon(undo, key)
             if isinstance(exc, (*REDIS_ERRORS, asyncio.TimeoutError, ConnectionLost)):
                 raise self.backend.unavailable(exc) from exc
             raise
         finally:
-            self.pending.pop(key, None)
-        self.channels.add(channel)
+            self.pending.pop(token, None)
 
-    async def _abandon(self, key: bytes) -> None:
-        """UNSUBSCRIBE, best effort, a channel whose SUBSCRIBE may yet run."""
+    async def _abandon(self, undo: str, key: bytes) -> None:
+        """UNSUBSCRIBE, best effort, what a SUBSCRIBE that may yet run subscribed."""
         conn = self.link.conn
         if conn is None or not conn.is_connected:
             return  # the broker drops the subscriptions of a closed connection
         with contextlib.suppress(Exception):
             async with _deadline(self.backend.timeout):
-                await conn.send_command("UNSUBSCRIBE", key)
+                await conn.send_command(undo, key)
 
     async def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
+        await self._undo("UNSUBSCRIBE", self.backend.key(channel))
+
+    async def punsubscribe(self, pattern: str) -> None:
+        key = self.backend.pattern_key(pattern)
+        self.patterns.pop(key.encode(), None)
+        await self._undo("PUNSUBSCRIBE", key)
+
+    async def _undo(self, command: str, key: str) -> None:
         conn = self.link.conn
         if conn is not None:
             async with _deadline(self.backend.timeout):
-                await conn.send_command("UNSUBSCRIBE", self.backend.key(channel))
+                await conn.send_command(command, key)
 
     async def read(self) -> Sequence[Message]:
         conn = self.link.require()
@@ -130,19 +162,30 @@ class _PubSubReceiver(Receiver):
             event_id, _, payload = frame.partition(b"\n")
             channel = reply[1][prefix_length:].decode()
             messages.append(Message(channel, event_id.decode(), payload))
+        elif kind == b"pmessage":
+            pattern = self.patterns.get(reply[1])
+            if pattern is None:
+                return  # punsubscribed while it was on its way
+            event_id, _, payload = reply[3].partition(b"\n")
+            channel = reply[2][prefix_length:].decode()
+            messages.append(Message(channel, event_id.decode(), payload, pattern=pattern))
         elif kind == b"subscribe":
-            key = reply[1]
-            left = self.unconfirmed.get(key, 0) - 1
-            if left > 0:
-                self.unconfirmed[key] = left
-            else:
-                self.unconfirmed.pop(key, None)
-            pending = self.pending.get(key)
-            if pending is not None:
-                ahead, future = pending
-                ahead[0] -= 1
-                if ahead[0] == 0 and not future.done():
-                    future.set_result(None)
+            self._confirmed(("channel", reply[1]))
+        elif kind == b"psubscribe":
+            self._confirmed(("pattern", reply[1]))
+
+    def _confirmed(self, token: tuple[str, bytes]) -> None:
+        left = self.unconfirmed.get(token, 0) - 1
+        if left > 0:
+            self.unconfirmed[token] = left
+        else:
+            self.unconfirmed.pop(token, None)
+        pending = self.pending.get(token)
+        if pending is not None:
+            ahead, future = pending
+            ahead[0] -= 1
+            if ahead[0] == 0 and not future.done():
+                future.set_result(None)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for _, future in self.pending.values():
@@ -153,18 +196,22 @@ class _PubSubReceiver(Receiver):
         await self.link.close()
         self.unconfirmed.clear()  # counted per connection
         conn = await self.link.connect()
-        if self.channels:
-            keys = [self.backend.key(c) for c in sorted(self.channels)]
+        for command, keys in (
+            ("SUBSCRIBE", [self.backend.key(c) for c in sorted(self.channels)]),
+            ("PSUBSCRIBE", sorted(self.patterns)),
+        ):
+            if not keys:
+                continue
             try:
                 async with _deadline(self.backend.timeout):
-                    await conn.send_command("SUBSCRIBE", *keys)
-                    for _ in keys:  # one confirmation per channel, before any message
+                    await conn.send_command(command, *keys)
+                    for _ in keys:  # one confirmation each, before any message
                         await conn.read_response()
             except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
                 await self.link.close()
                 raise self.backend.unavailable(exc) from exc
         # Pub/sub keeps nothing: whatever was published meanwhile is gone.
-        return set(self.channels)
+        return set(self.channels) | set(self.patterns.values())
 
     async def close(self) -> None:
         self._fail_pending(ConnectionLost("closed"))
