@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from time import perf_counter
 from typing import Any
 
 from django.db import connections
@@ -16,7 +18,15 @@ from .backends import schemes
 from .backends.base import Backend, Features, HistoryPage, Message
 from .codec import Codec
 from .conf import AliasConfig
-from .events import Event, gap_event, validate_channel, validate_pattern
+from .events import (
+    GOODBYE,
+    HEARTBEAT,
+    SERVERS_CHANNEL,
+    Event,
+    gap_event,
+    validate_channel,
+    validate_pattern,
+)
 from .exceptions import BroadcastError, BroadcastUnavailable, MessageTooLarge
 from .hub import Hub, Hubs
 from .signals import publish_failed
@@ -30,6 +40,27 @@ logger = logging.getLogger("django_broadcast.broadcast")
 
 def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+#: A server is gone once it has not been heard from for this many of its heartbeats.
+_MISSED = 3
+
+
+def _alive(events: list[Event], now: float) -> list[dict[str, Any]]:
+    """The servers whose last word in ``events`` is a heartbeat recent enough."""
+    last: dict[str, Event] = {}
+    for event in events:
+        if isinstance(event.data, dict) and "id" in event.data:
+            if event.type == GOODBYE:
+                last.pop(event.data["id"], None)
+            elif event.type == HEARTBEAT:
+                last[event.data["id"]] = event
+    alive = [
+        {**event.data, "seen": event.time.isoformat()}
+        for event in last.values()
+        if now - event.time.timestamp() <= _MISSED * float(event.data.get("interval", 5))
+    ]
+    return sorted(alive, key=lambda entry: (str(entry.get("host")), int(entry.get("pid", 0))))
 
 
 def _connection_in_atomic_block() -> BaseDatabaseWrapper | None:
@@ -71,6 +102,68 @@ class Broadcast:
     def failed_publishes(self) -> int:
         """Events published in a transaction that could not be sent at its commit."""
         return self.counters.failed_publishes
+
+    def stats(self) -> dict[str, Any]:
+        """This alias's figures in this process, as a plain dict.
+
+        ``published`` (events sent from this process), ``delivered`` (handed to local
+        subscriptions, one per subscription), ``dropped`` (lost by subscribers that
+        fell behind), ``gaps`` (gap notices handed out), ``reconnects``,
+        ``failed_publishes`` (at a commit), ``subscribers`` (local subscriptions),
+        ``broker_subscriptions`` (what this process holds at the broker, every event
+        loop together), ``channels`` and ``patterns`` (local subscribers of each),
+        ``publish_latency_ms`` (p50, p90 and p99 of the latest publishes, and how many
+        samples), ``connections`` (open ``websocket`` and ``sse`` connections of the
+        shipped consumers) and ``uptime`` (seconds since the alias was built here).
+        """
+        c = self.counters
+        channels, patterns, subscribers, held = self._hubs.census()
+        return {
+            "alias": self.alias,
+            "backend": type(self.backend).__name__,
+            "published": c.published,
+            "delivered": c.delivered,
+            "dropped": c.dropped,
+            "gaps": c.gaps,
+            "reconnects": c.reconnects,
+            "failed_publishes": c.failed_publishes,
+            "subscribers": subscribers,
+            "broker_subscriptions": held,
+            "channels": channels,
+            "patterns": patterns,
+            "publish_latency_ms": c.latencies.percentiles(),
+            "connections": {"websocket": c.websocket_connections, "sse": c.sse_connections},
+            "uptime": round(time.time() - c.since, 3),
+        }
+
+    def servers(self, *, listen: float = 6.0) -> list[dict[str, Any]]:
+        """The live server processes of the deployment (see
+        :mod:`django_broadcast.presence`): those heard from on the reserved channel
+        ``broadcast.servers`` within three of their heartbeats, each as the dict of its
+        last heartbeat plus ``seen``, when it was sent.
+
+        On a backend with history the answer is read from it at once; on one without,
+        this listens to the channel for ``listen`` seconds (more than one heartbeat,
+        ``BROADCAST_CLIENTS["HEARTBEAT"]``, 5 s by default). From sync code; from
+        async code use :meth:`aservers`.
+        """
+        if self.features.history:
+            return _alive(self.history(SERVERS_CHANNEL, limit=1000), time.time())
+        return asyncio.run(self.aservers(listen=listen))
+
+    async def aservers(self, *, listen: float = 6.0) -> list[dict[str, Any]]:
+        """:meth:`servers` from async code."""
+        if self.features.history:
+            return _alive(await self.ahistory(SERVERS_CHANNEL, limit=1000), time.time())
+        events: list[Event] = []
+        async with self.subscribe(SERVERS_CHANNEL) as sub:
+            deadline = time.monotonic() + listen
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    events.append(await sub.get(timeout=left))
+                except TimeoutError:
+                    break
+        return _alive(events, time.time())
 
     def validate_id(self, event_id: object) -> str:
         """Return ``event_id`` if it is an id this alias's backend could have made,
@@ -136,7 +229,12 @@ class Broadcast:
         return self._send(channel, type, data, payload, ms)
 
     def _send(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> Event:
-        return Event(channel, type, data, self.backend.publish(channel, payload), _from_ms(ms))
+        started = perf_counter()
+        event_id = self.backend.publish(channel, payload)
+        counters = self.counters
+        counters.latencies.add(perf_counter() - started)
+        counters.published += 1
+        return Event(channel, type, data, event_id, _from_ms(ms))
 
     def _send_committed(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> None:
         """Send an event at its transaction's commit; whatever happens, never raise:
@@ -175,7 +273,11 @@ class Broadcast:
         are sync-only; publish from the sync code that holds the transaction.
         """
         payload, ms = self._encode(channel, type, data)
+        started = perf_counter()
         event_id = await self.backend.apublish(channel, payload)
+        counters = self.counters
+        counters.latencies.add(perf_counter() - started)
+        counters.published += 1
         return Event(channel, type, data, event_id, _from_ms(ms))
 
     # Subscribing -----------------------------------------------------------------------

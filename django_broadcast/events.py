@@ -9,8 +9,11 @@ from typing import Any
 
 __all__ = [
     "GAP",
+    "GOODBYE",
+    "HEARTBEAT",
     "MAX_CHANNEL_LENGTH",
     "RESERVED_PREFIX",
+    "SERVERS_CHANNEL",
     "Event",
     "gap_event",
     "is_reserved",
@@ -26,6 +29,11 @@ GAP = "broadcast.gap"
 #: channel layer's inboxes, the server list): browsers can never subscribe to, replay
 #: or publish on them, whatever the policy says.
 RESERVED_PREFIX = "broadcast."
+
+#: The reserved channel the server processes announce themselves on, and its types.
+SERVERS_CHANNEL = RESERVED_PREFIX + "servers"
+HEARTBEAT = "broadcast.heartbeat"
+GOODBYE = "broadcast.goodbye"
 
 MAX_CHANNEL_LENGTH = 100
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")

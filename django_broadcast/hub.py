@@ -102,6 +102,25 @@ class Hubs:
                 hub = self._hubs[loop] = Hub(self, loop)
             return hub
 
+    def census(self) -> tuple[dict[str, int], dict[str, int], int, int]:
+        """Over every event loop: subscribers per channel, per pattern, subscribers
+        in all, and broker subscriptions (channels and patterns) in all."""
+        with self._lock:
+            hubs = list(self._hubs.values())
+        channels: dict[str, int] = {}
+        patterns: dict[str, int] = {}
+        everyone = 0
+        held = 0
+        for hub in hubs:
+            # Copies taken at once: another loop may change them meanwhile.
+            for name, subs in list(hub._subscribers.items()):
+                channels[name] = channels.get(name, 0) + len(subs)
+            for name, subs in list(hub._pattern_subscribers.items()):
+                patterns[name] = patterns.get(name, 0) + len(subs)
+            everyone += len(hub._everyone())
+            held += len(hub._broker_channels) + len(hub._broker_patterns)
+        return channels, patterns, everyone, held
+
     def close(self) -> None:
         """End every subscription, on every event loop; the hubs are made anew."""
         with self._lock:
@@ -306,6 +325,7 @@ class Hub:
                     self._connected.clear()
                     lost = await self._reconnect(receiver, exc)
                     self._connected.set()
+                    self._hubs.counters.reconnects += 1
                     for channel in lost:
                         self._fan_out_gap(channel, "reconnect")
                     continue
@@ -383,6 +403,7 @@ class Hub:
                 continue
             if message.gap is not None:
                 event = gap_event(channel, message.gap)
+                self._hubs.counters.gaps += len(subscribers.get(channel, ()))
             else:
                 try:
                     event = decode(message)
@@ -405,25 +426,32 @@ class Hub:
             else:
                 events.append(event)
         positions = self._positions if self._track else None
+        delivered = 0
         for channel, events in by_channel.items():
             if positions is not None:
                 for event in reversed(events):
                     if event.id:
                         positions[channel] = event.id
                         break
-            for sub in subscribers.get(channel, ()):
+            subs = subscribers.get(channel, ())
+            for sub in subs:
                 sub._put_many(events)
+            delivered += len(events) * len(subs)
         if by_pattern:
             for (pattern, channel), events in by_pattern.items():
                 for sub in self._pattern_subscribers.get(pattern, ()):
                     if channel not in sub.channels:  # else it has them by name
                         sub._put_many(events)
+                        delivered += len(events)
+        self._hubs.counters.delivered += delivered
 
     def _fan_out_gap(self, name: str, reason: str) -> None:
         """A gap notice to the subscribers of channel (or pattern) ``name``."""
         event = gap_event(name, reason)
-        for sub in {**self._subscribers.get(name, {}), **self._pattern_subscribers.get(name, {})}:
+        subs = {**self._subscribers.get(name, {}), **self._pattern_subscribers.get(name, {})}
+        for sub in subs:
             sub._put(event)
+        self._hubs.counters.gaps += len(subs)
 
     async def _fail(self, exc: SubscriptionClosed) -> None:
         async with self._lock:

@@ -58,6 +58,10 @@ class BroadcastRegistry:
             return list(self._instances.values())
         return [self[alias] for alias in self]
 
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """:meth:`Broadcast.stats` of every alias built in this process, by alias."""
+        return {instance.alias: instance.stats() for instance in self.all(initialized_only=True)}
+
     def close_all(self) -> None:
         """Close every built alias."""
         for instance in self.all(initialized_only=True):

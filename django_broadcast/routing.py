@@ -19,7 +19,9 @@ That serves the WebSocket protocol at ``/broadcast/ws/`` and Server-Sent Events 
 policy sees ``request.user``), the WebSocket also behind
 ``AllowedHostsOriginValidator``; every other HTTP request goes to Django, and the ASGI
 ``lifespan`` protocol is answered: on shutdown the event streams end and every
-alias's broker connections are closed. To add
+alias's broker connections are closed. The process announces itself in the live
+server list (:mod:`django_broadcast.presence`) from its lifespan startup or its first
+request. To add
 your own consumers, pass their patterns: ``application(django_asgi_app,
 websocket=[path("chat/<room>/", ChatConsumer.as_asgi())])``; or build your own
 ``ProtocolTypeRouter`` from :data:`websocket_urlpatterns` and
@@ -38,8 +40,10 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import URLPattern, URLResolver, path, re_path
 from django.urls.resolvers import RegexPattern
 
+from . import presence
 from .consumers import BroadcastWebsocketConsumer, EventStreamConsumer, shutdown
 from .consumers.outlet import capture_server_send
+from .consumers.settings import client_settings
 from .registry import broadcasts
 
 __all__ = [
@@ -66,11 +70,30 @@ http_urlpatterns: list[URLPattern | URLResolver] = [
 ]
 
 
+def _announce() -> None:
+    """Start this process's heartbeat for the server list, unless it runs."""
+    settings = client_settings()
+    presence.start(broadcasts[settings.using], settings.heartbeat)
+
+
+def _announcing(app: Any) -> Any:
+    """Wrap an ASGI application so that its first connection starts the heartbeat (a
+    server that sends no lifespan startup, such as daphne, is announced so)."""
+
+    async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        _announce()
+        return await app(scope, receive, send)
+
+    return wrapper
+
+
 def websocket_router(extra: Patterns = ()) -> Any:
     """The WebSocket patterns plus ``extra``, behind the origin check and auth."""
-    return capture_server_send(
-        AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *extra]))
+    return _announcing(
+        capture_server_send(
+            AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *extra]))
+            )
         )
     )
 
@@ -84,24 +107,29 @@ def _with_auth(pattern: URLPattern | URLResolver) -> URLPattern:
 
 def http_router(django_app: Any, extra: Patterns = ()) -> Any:
     """The SSE patterns plus ``extra``, each behind auth; everything else to Django."""
-    return capture_server_send(
-        URLRouter(
-            [
-                *(_with_auth(pattern) for pattern in [*http_urlpatterns, *extra]),
-                re_path(r"", django_app),
-            ]
+    return _announcing(
+        capture_server_send(
+            URLRouter(
+                [
+                    *(_with_auth(pattern) for pattern in [*http_urlpatterns, *extra]),
+                    re_path(r"", django_app),
+                ]
+            )
         )
     )
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The ASGI ``lifespan`` protocol: on shutdown, end the event streams and close
-    every alias's broker connections."""
+    """The ASGI ``lifespan`` protocol: on startup, start the heartbeat of the server
+    list; on shutdown, say goodbye, end the event streams and close every alias's
+    broker connections."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            _announce()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            presence.stop(broadcasts[client_settings().using])
             shutdown.shut_down()
             for instance in broadcasts.all(initialized_only=True):
                 try:

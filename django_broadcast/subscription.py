@@ -256,6 +256,7 @@ class Subscription:
                 channel = next(iter(self._gaps))
                 dropped = self._gaps.pop(channel)
                 self._refresh_special()
+                self._hubs.counters.gaps += 1
                 return gap_event(channel, "overflow", dropped=dropped)
             if self._replayed:
                 event = self._replayed.popleft()
@@ -394,6 +395,7 @@ class Subscription:
         if not self._track:
             for channel, since in self._since.items():
                 self.recovered = False
+                self._hubs.counters.gaps += 1
                 self._enqueue(gap_event(channel, "history", since=since))
             return
         # One page per channel for now, small enough that all of them together fit
@@ -403,8 +405,7 @@ class Subscription:
             since = self._replays[channel].cursor
             page = await backend.ahistory(channel, limit=limit, since=since)
             if page.gap:
-                self.recovered = False
-                self._replayed.append(gap_event(channel, "history", since=since))
+                self._replay_gap(channel, since)
             self._take_page(channel, page.messages, limit)
         self._refresh_special()
 
@@ -415,15 +416,18 @@ class Subscription:
             page = await self._backend.ahistory(channel, limit=self._maxsize, since=replay.cursor)
         except BroadcastUnavailable as exc:
             logger.warning("%r could not read the history of %r: %s", self, channel, exc)
-            self.recovered = False
-            self._replayed.append(gap_event(channel, "history", since=replay.cursor))
+            self._replay_gap(channel, replay.cursor)
             self._finish_replay(channel)
             return
         if page.gap:
-            self.recovered = False
-            self._replayed.append(gap_event(channel, "history", since=replay.cursor))
+            self._replay_gap(channel, replay.cursor)
         self._take_page(channel, page.messages, self._maxsize)
         self._refresh_special()
+
+    def _replay_gap(self, channel: str, since: str) -> None:
+        self.recovered = False
+        self._hubs.counters.gaps += 1
+        self._replayed.append(gap_event(channel, "history", since=since))
 
     def _take_page(self, channel: str, messages: Sequence[Message], limit: int) -> None:
         """Queue a page of history, up to the replay's target: every later event

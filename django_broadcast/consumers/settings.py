@@ -10,6 +10,7 @@
         "MAX_SUBSCRIPTIONS": 50,     # channels one WebSocket may subscribe to
         "MAX_CHANNELS_PER_STREAM": 20,  # channels one SSE stream may name
         "MAX_BUFFER": 262144,        # bytes a server may hold unsent for one client
+        "HEARTBEAT": 5,              # seconds between the server list's heartbeats
     }
 
 Read once, and again after ``override_settings`` changes it (or ``BROADCAST``, which
@@ -40,6 +41,7 @@ _CLIENT_DEFAULTS: dict[str, Any] = {
     "MAX_SUBSCRIPTIONS": 50,
     "MAX_CHANNELS_PER_STREAM": 20,
     "MAX_BUFFER": 262144,
+    "HEARTBEAT": 5.0,
 }
 
 
@@ -54,6 +56,7 @@ class ClientSettings:
     max_subscriptions: int
     max_channels_per_stream: int
     max_buffer: int
+    heartbeat: float
 
 
 @functools.cache
@@ -109,7 +112,7 @@ def validate_clients(value: Any, problems: list[Problem]) -> ClientSettings | No
                 "Name one of the aliases of BROADCAST.",
             )
         )
-    for key in ("KEEPALIVE",):
+    for key in ("KEEPALIVE", "HEARTBEAT"):
         if not _positive(merged[key], (int, float)):
             problems.append(_must_be_positive(key, merged[key], "a number of seconds"))
     for key in (
@@ -131,6 +134,7 @@ def validate_clients(value: Any, problems: list[Problem]) -> ClientSettings | No
         max_subscriptions=merged["MAX_SUBSCRIPTIONS"],
         max_channels_per_stream=merged["MAX_CHANNELS_PER_STREAM"],
         max_buffer=merged["MAX_BUFFER"],
+        heartbeat=float(merged["HEARTBEAT"]),
     )
 
 

@@ -231,9 +231,11 @@ class EventStreamConsumer(AsyncConsumer):
             return
         self.subscription = subscription
         shutdown.register(self)
+        broadcast.counters.sse_connections += 1
         try:
             await self._stream(subscription, broadcast, channels, unproven, settings)
         finally:
+            broadcast.counters.sse_connections -= 1
             await subscription.aclose()
 
     async def _stream(

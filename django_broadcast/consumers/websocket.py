@@ -115,12 +115,15 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.subscriptions = {}
+        self._counted: Broadcast | None = None
         try:
             await super().__call__(scope, receive, send)
         finally:
             # However the connection ended (a disconnect, an error, the server
             # cancelling the application), nothing it held outlives it.
             await self._release_all()
+            if self._counted is not None:
+                self._counted.counters.websocket_connections -= 1
 
     async def connect(self) -> None:
         """Accept, then subscribe to :meth:`get_channels` (each authorized)."""
@@ -128,6 +131,8 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         self.broadcast: Broadcast = broadcasts[self.settings.using]
         self.outlet = Outlet(self.scope, self.settings.max_buffer)
         await self.accept()
+        self._counted = self.broadcast
+        self.broadcast.counters.websocket_connections += 1
         for channel in self.get_channels():
             await self._handle({"op": "subscribe", "channel": channel})
 
