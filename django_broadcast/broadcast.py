@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,6 +58,10 @@ class Broadcast:
         self.dropped = 0
         #: Events published in a transaction that could not be sent at its commit.
         self.failed_publishes = 0
+        #: Callables given each event once :meth:`publish` or :meth:`apublish` has sent
+        #: it (at the commit, in a transaction), in the publishing thread; for test
+        #: helpers (:mod:`django_broadcast.testing`). They must be quick and not raise.
+        self.observers: list[Callable[[Event], object]] = []
         self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = (
             weakref.WeakKeyDictionary()
         )
@@ -115,7 +119,14 @@ class Broadcast:
         return self._send(channel, type, data, payload, ms)
 
     def _send(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> Event:
-        return Event(channel, type, data, self.backend.publish(channel, payload), _from_ms(ms))
+        event = Event(channel, type, data, self.backend.publish(channel, payload), _from_ms(ms))
+        if self.observers:
+            self._notify(event)
+        return event
+
+    def _notify(self, event: Event) -> None:
+        for observer in tuple(self.observers):
+            observer(event)
 
     def _send_committed(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> None:
         """Send an event at its transaction's commit; whatever happens, never raise:
@@ -155,7 +166,10 @@ class Broadcast:
         """
         payload, ms = self._encode(channel, type, data)
         event_id = await self.backend.apublish(channel, payload)
-        return Event(channel, type, data, event_id, _from_ms(ms))
+        event = Event(channel, type, data, event_id, _from_ms(ms))
+        if self.observers:
+            self._notify(event)
+        return event
 
     # Subscribing -----------------------------------------------------------------------
 
