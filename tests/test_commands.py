@@ -22,7 +22,7 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from django_broadcast import Broadcast, Event, broadcast
+from django_broadcast import Broadcast, Event, broadcast, broadcasts
 from django_broadcast.codec import JSONCodec
 
 from .conftest import PrivateRedis, alias_settings, free_port, using
@@ -133,6 +133,17 @@ def test_since_replays_then_follows(memory: Broadcast, channel: str) -> None:
     running.following()
     live = published(memory, channel, "live")
     assert running.wait() == [text_line(e) for e in [*rest, live]]
+
+
+def test_using_follows_another_alias(channel: str) -> None:
+    setting = {"default": {"URL": "memory://"}, "audit": {"URL": "memory://"}}
+    with override_settings(BROADCAST=setting):
+        running = Tail(channel, using="audit", count=1)
+        running.following()
+        published(broadcasts["default"], channel, "not this one")
+        audited = published(broadcasts["audit"], channel, "audited")
+        assert running.wait() == [text_line(audited)]
+    assert "on alias 'audit'" in running.stderr.getvalue()
 
 
 def test_json_is_one_object_per_line(memory: Broadcast, channel: str) -> None:
@@ -320,8 +331,6 @@ def test_publish_uses_the_alias(channel: str) -> None:
     setting = {"default": {"URL": "memory://"}, "audit": {"URL": "memory://"}}
     with override_settings(BROADCAST=setting):
         publish(channel, '"to audit"', using="audit")
-        from django_broadcast import broadcasts
-
         assert [e.data for e in broadcasts["audit"].history(channel)] == ["to audit"]
         assert broadcast.history(channel) == []
 
