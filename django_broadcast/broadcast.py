@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from time import perf_counter
 from typing import Any
@@ -88,6 +88,10 @@ class Broadcast:
         self.features: Features = self.backend.features
         #: This alias's counters in this process.
         self.counters = Counters()
+        #: Callables given each event once :meth:`publish` or :meth:`apublish` has sent
+        #: it (at the commit, in a transaction), in the publishing thread; for test
+        #: helpers (:mod:`django_broadcast.testing`). They must be quick and not raise.
+        self.observers: list[Callable[[Event], object]] = []
         self._hubs = Hubs(self.backend, self._decode, config, self.counters)
 
     def __repr__(self) -> str:
@@ -234,7 +238,14 @@ class Broadcast:
         counters = self.counters
         counters.latencies.add(perf_counter() - started)
         counters.published += 1
-        return Event(channel, type, data, event_id, _from_ms(ms))
+        event = Event(channel, type, data, event_id, _from_ms(ms))
+        if self.observers:
+            self._notify(event)
+        return event
+
+    def _notify(self, event: Event) -> None:
+        for observer in tuple(self.observers):
+            observer(event)
 
     def _send_committed(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> None:
         """Send an event at its transaction's commit; whatever happens, never raise:
@@ -278,7 +289,10 @@ class Broadcast:
         counters = self.counters
         counters.latencies.add(perf_counter() - started)
         counters.published += 1
-        return Event(channel, type, data, event_id, _from_ms(ms))
+        event = Event(channel, type, data, event_id, _from_ms(ms))
+        if self.observers:
+            self._notify(event)
+        return event
 
     # Subscribing -----------------------------------------------------------------------
 

@@ -151,6 +151,15 @@ class MemoryBackend(Backend):
         with self._lock:
             _discard(self._pattern_receivers, pattern, receiver)
 
+    def clear(self) -> None:
+        """Forget every channel's history and start ids from 1 again, as a new backend
+        would (for tests: :func:`django_broadcast.testing.reset_broadcasts`).
+        Subscribed receivers stay subscribed."""
+        with self._lock:
+            self._next_id = 0
+            self._history.clear()
+            self._evicted.clear()
+
     def subscribed_channels(self) -> set[str]:
         """Channels (and patterns) with at least one receiver: what "the broker" is
         subscribed to."""

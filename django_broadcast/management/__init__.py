@@ -1,0 +1,1 @@
+"""Management commands: ``broadcast_tail`` and ``broadcast_publish``."""
