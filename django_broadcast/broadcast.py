@@ -56,7 +56,7 @@ def _alive(events: list[Event], now: float) -> list[dict[str, Any]]:
             elif event.type == HEARTBEAT:
                 last[event.data["id"]] = event
     alive = [
-        {**event.data, "seen": event.time.isoformat()}
+        {**event.data, "seen": event.time.isoformat(timespec="milliseconds")}
         for event in last.values()
         if now - event.time.timestamp() <= _MISSED * float(event.data.get("interval", 5))
     ]

@@ -107,6 +107,7 @@ async def _beat(broadcast: Broadcast, interval: float) -> None:
         try:
             beat = snapshot(broadcast, interval, before)
             await broadcast.apublish(SERVERS_CHANNEL, beat, type=HEARTBEAT)
+            broadcast.counters.published -= 1  # a heartbeat is not the site's traffic
         except BroadcastError as exc:
             logger.debug("heartbeat not sent: %s", exc)
         except Exception:

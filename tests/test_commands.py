@@ -241,7 +241,7 @@ def test_verbosity_0_prints_no_banner(memory: Broadcast, channel: str) -> None:
 @pytest.mark.parametrize(
     ("args", "options", "message"),
     [
-        ((), {}, r"name at least one channel to tail, e\.g\. broadcast_tail orders\.7"),
+        ((), {}, r"name at least one channel \(or --pattern\) to tail, e\.g\. broadcast_tail"),
         (("no spaces",), {}, r"channel 'no spaces' has a space at position 2"),
         (("ok",), {"using": "nope"}, r"there is no broadcast alias 'nope'.*'default'.*--using"),
         (("ok",), {"since": "abc"}, r"--since: 'abc' is not an event id of the memory backend"),
@@ -408,3 +408,73 @@ def test_publish_to_an_unreachable_broker(channel: str) -> None:
         publish(channel, "1")
     assert str(error.value).startswith("cannot reach the broker of alias 'default': Redis at")
     assert "The event was not sent." in str(error.value)
+
+
+# broadcast_tail --pattern and --servers --------------------------------------------------
+
+
+@pytest.mark.features("patterns")
+def test_pattern_follows_every_matching_channel(backend_name: str, channel: str) -> None:
+    with using(alias_settings(backend_name)) as bc:
+        running = Tail(pattern=[f"{channel}.*"], count=2, json=True)
+        running.following()
+        sent = [published(bc, f"{channel}.a", 1), published(bc, f"{channel}.b.c", 2)]
+        printed = [json.loads(line) for line in running.wait()]
+        bc.close()
+    assert [(e["channel"], e["id"]) for e in printed] == [(e.channel, e.id) for e in sent]
+
+
+@pytest.mark.features(patterns=False)
+def test_pattern_needs_a_backend_that_can(backend_name: str, channel: str) -> None:
+    with using(alias_settings(backend_name)) as bc, pytest.raises(CommandError) as error:
+        tail(pattern=[f"{channel}.*"])
+    assert str(error.value).startswith(
+        f"--pattern: alias 'default' uses {type(bc.backend).__name__}, which cannot subscribe "
+        f"by pattern"
+    )
+    assert "memory://" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"pattern": ["chat room.*"]}, "--pattern: pattern 'chat room.*' is not valid"),
+        ({"pattern": ["t-*"], "history": 3}, "--history replays channels: name them"),
+    ],
+)
+def test_bad_patterns_are_command_errors(
+    memory: Broadcast, options: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(CommandError, match=re.escape(words)):
+        tail(**options)
+
+
+def test_servers_lists_the_live_processes(memory: Broadcast) -> None:
+    import asyncio
+
+    from django_broadcast import presence
+
+    assert "No server process has announced itself" in tail(servers=True)[0]
+    loop = asyncio.new_event_loop()
+    beating = threading.Thread(target=loop.run_forever, daemon=True)
+    beating.start()
+
+    async def start() -> None:
+        presence.start(memory, 0.2)
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(TIMEOUT)
+    try:
+        listed: list[dict[str, Any]] = []
+        while not listed:
+            listed = [json.loads(line) for line in tail(servers=True, json=True)]
+        [me] = listed
+        assert me["id"] == presence.IDENTITY and me["interval"] == 0.2
+        assert {"host", "pid", "server", "uptime", "connections", "events_per_second"} <= set(me)
+        [line] = tail(servers=True, no_color=True)
+        assert f"pid {me['pid']}" in line and "subscribers" in line
+    finally:
+        loop.call_soon_threadsafe(presence.stop, memory)
+        loop.call_soon_threadsafe(loop.stop)
+        beating.join(TIMEOUT)
+    # The goodbye takes it off the list at once.
+    assert "No server process has announced itself" in tail(servers=True)[0]

@@ -26,7 +26,7 @@ from django.utils import timezone
 from ...backends import schemes
 from ...broadcast import Broadcast
 from ...conf import DEFAULT_ALIAS
-from ...events import Event
+from ...events import Event, validate_pattern
 from ...exceptions import BroadcastUnavailable, SubscriptionClosed
 from .._common import check_channel, get_broadcast, unreachable
 
@@ -105,6 +105,13 @@ def _positive(option: str, value: Any, *, seconds: bool = False) -> Any:
     return value
 
 
+def _check_pattern(pattern: str) -> str:
+    try:
+        return validate_pattern(pattern)
+    except ValueError as exc:
+        raise CommandError(f"--pattern: {exc}") from None
+
+
 def _history_schemes() -> str:
     """The URL schemes whose backends keep history, as their classes declare."""
     return schemes.describe("history")
@@ -118,6 +125,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("channels", nargs="*", metavar="CHANNEL", help="channels to follow")
+        parser.add_argument(
+            "--pattern",
+            action="append",
+            default=[],
+            metavar="GLOB",
+            help="also follow every channel matching GLOB ('*' any run of characters, "
+            "'?' one; backends that can subscribe by pattern); may be repeated",
+        )
+        parser.add_argument(
+            "--servers",
+            action="store_true",
+            help="list the live server processes of the deployment (their heartbeats) and exit",
+        )
         start = parser.add_mutually_exclusive_group()
         start.add_argument(
             "--history",
@@ -153,10 +173,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Check the arguments, then print events until told to stop."""
+        if options["servers"]:
+            self._servers(get_broadcast(options["using"]), json_lines=options["json"])
+            return
         channels = options["channels"]
-        if not channels:
-            raise CommandError("name at least one channel to tail, e.g. broadcast_tail orders.7")
+        if not channels and not options["pattern"]:
+            raise CommandError(
+                "name at least one channel (or --pattern) to tail, e.g. broadcast_tail orders.7"
+            )
         self.channels = tuple(dict.fromkeys(check_channel(c) for c in channels))
+        self.patterns = tuple(dict.fromkeys(_check_pattern(p) for p in options["pattern"]))
         self.history: int | None = _positive("history", options["history"])
         self.count: int | None = _positive("count", options["count"])
         self.timeout: float | None = _positive("timeout", options["timeout"], seconds=True)
@@ -165,6 +191,13 @@ class Command(BaseCommand):
             raise CommandError("use --history or --since, not both")
         self.broadcast = get_broadcast(options["using"])
         self._check_history_options()
+        if self.patterns and not self.broadcast.features.patterns:
+            raise CommandError(
+                f"--pattern: alias {self.broadcast.alias!r} uses "
+                f"{type(self.broadcast.backend).__name__}, which cannot subscribe by pattern: "
+                f"name the channels, or tail an alias whose backend can "
+                f"({schemes.describe('patterns')})"
+            )
         self.verbosity: int = options["verbosity"]
         self.printer = (
             JSONPrinter(self.stdout) if options["json"] else TextPrinter(self.stdout, self.style)
@@ -185,6 +218,8 @@ class Command(BaseCommand):
             return
         backend = self.broadcast.backend
         option = "history" if self.history is not None else "since"
+        if not self.channels:
+            raise CommandError(f"--{option} replays channels: name them (patterns have none)")
         if not self.broadcast.features.history:
             raise CommandError(
                 f"--{option}: alias {self.broadcast.alias!r} uses {type(backend).__name__}, "
@@ -245,12 +280,48 @@ class Command(BaseCommand):
                 position = page[-1].id if page else broadcast.features.origin
                 if position is not None:
                     resume[channel] = position
-        async with broadcast.subscribe(*self.channels, since=resume) as subscription:
+        subscription = broadcast.subscribe(*self.channels, patterns=self.patterns, since=resume)
+        async with subscription:
             if self.verbosity >= 1:
                 self.stderr.write(
-                    f"Following {', '.join(self.channels)} on alias {broadcast.alias!r} "
+                    f"Following {', '.join((*self.channels, *self.patterns))} on alias "
+                    f"{broadcast.alias!r} "
                     f"({type(broadcast.backend).__name__}). Quit with CONTROL-C.",
                     style_func=lambda text: text,
                 )
             async for event in subscription:
                 yield event
+
+    def _servers(self, broadcast: Broadcast, *, json_lines: bool) -> None:
+        """Print the live server processes, one line each (or one JSON object)."""
+        try:
+            found = broadcast.servers()
+        except BroadcastUnavailable as exc:
+            raise unreachable(broadcast, exc) from None
+        if json_lines:
+            for server in found:
+                self.stdout.write(json.dumps(server))
+            return
+        if not found:
+            self.stdout.write(
+                "No server process has announced itself: none serves the consumers of "
+                "django_broadcast.routing, or none has had a request yet."
+            )
+            return
+        for server in found:
+            connections = server.get("connections", {})
+            rates = server.get("events_per_second", {})
+            self.stdout.write(
+                f"{self.style.MIGRATE_LABEL(server['host'])}  pid {server['pid']}  "
+                f"{server.get('server', '?')}  up {_duration(server.get('uptime', 0))}  "
+                f"ws {connections.get('websocket', 0)}  sse {connections.get('sse', 0)}  "
+                f"subscribers {server.get('subscribers', 0)}  "
+                f"events/s in {rates.get('published', 0):g} out {rates.get('delivered', 0):g}  "
+                f"dropped {server.get('dropped', 0)}  seen {server['seen']}"
+            )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
