@@ -18,8 +18,12 @@ user, and denies everything else. For per-user rules, write your own::
         return action != "publish" and channel.startswith("news.")
 
 Channels in the reserved namespace (``broadcast.``: the channel layer's inboxes, the
-server list) are refused to browsers before the policy is asked. A policy that raises
-is logged on the ``django_broadcast.auth`` logger and counts as a refusal.
+server list) are refused to browsers before the policy is asked, except where an app
+of django_broadcast's own opens one for reading with :func:`allow_reserved` (the
+real-time admin lets staff read the server list, and users with an admin's view
+permission a model's live changes). Nothing reserved is ever published from a
+browser. A policy or a rule that raises is logged on the ``django_broadcast.auth``
+logger and counts as a refusal.
 
 Server-side code (``broadcast.publish()`` in views) is not subject to the policy.
 """
@@ -49,8 +53,11 @@ __all__ = [
     "Action",
     "AuthSettings",
     "PatternPolicy",
+    "ReservedRule",
+    "allow_reserved",
     "auth_settings",
     "authorize",
+    "disallow_reserved",
     "get_policy",
     "validate_auth",
 ]
@@ -148,6 +155,44 @@ def _reset(*, setting: str, **kwargs: Any) -> None:
 Action = Literal["subscribe", "history", "publish"]
 ACTIONS: tuple[Action, ...] = ("subscribe", "history", "publish")
 
+#: ``rule(user, channel) -> bool``: may ``user`` read the reserved ``channel``? Run in
+#: a thread, so it may query the database.
+ReservedRule = Callable[[Any, str], bool]
+_reserved_rules: list[tuple[str, ReservedRule]] = []
+
+
+def allow_reserved(pattern: str, rule: ReservedRule) -> None:
+    """Let browsers read (subscribe to and replay) the reserved channels matching
+    ``pattern`` (shell-style) when ``rule(user, channel)`` says so. Publishing on a
+    reserved channel stays refused. For django_broadcast's own apps; adding the same
+    rule twice adds it once."""
+    if (pattern, rule) not in _reserved_rules:
+        _reserved_rules.append((pattern, rule))
+
+
+def disallow_reserved(pattern: str, rule: ReservedRule) -> None:
+    """Remove a rule added by :func:`allow_reserved` (no error if it is not there)."""
+    if (pattern, rule) in _reserved_rules:
+        _reserved_rules.remove((pattern, rule))
+
+
+async def _reserved_allowed(user: Any, channel: str, action: Action) -> bool:
+    if action == "publish":
+        return False
+    for pattern, rule in tuple(_reserved_rules):
+        if fnmatchcase(channel, pattern):
+            try:
+                if await sync_to_async(rule)(user, channel):
+                    return True
+            except Exception:
+                logger.exception(
+                    "the rule for reserved channels %r raised for %s on %r: refused",
+                    pattern,
+                    action,
+                    channel,
+                )
+    return False
+
 
 class PatternPolicy:
     """Allow the channels matching ``PUBLIC`` (to read) and ``PUBLISH`` (to publish)."""
@@ -174,13 +219,14 @@ def get_policy() -> Callable[..., Any]:
 async def authorize(user: Any, channel: str, action: Action) -> bool:
     """Ask the configured policy whether ``user`` may ``action`` on ``channel``.
 
-    Reserved channels are refused without asking; a policy that raises is logged
+    Reserved channels are refused without asking the policy, unless a rule added
+    with :func:`allow_reserved` allows reading them; a policy that raises is logged
     and refuses.
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
     if is_reserved(channel):
-        return False
+        return await _reserved_allowed(user, channel, action)
     policy = get_policy()
     if isinstance(policy, PatternPolicy):
         return policy(user, channel, action)

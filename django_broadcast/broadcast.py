@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from time import perf_counter
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
@@ -231,6 +231,25 @@ class Broadcast:
                 connection.on_commit(lambda: self._send_committed(channel, type, data, payload, ms))
                 return None
         return self._send(channel, type, data, payload, ms)
+
+    def publish_on_commit(
+        self, channel: str, data: Any, *, type: str = "message", using: str | None = None
+    ) -> None:
+        """Publish ``data`` on ``channel`` through ``transaction.on_commit()`` of the
+        database ``using`` (default: Django's default), for code that runs after data
+        was written, such as a ``post_save`` receiver.
+
+        Inside a transaction the event is sent at its commit, as :meth:`publish` does;
+        outside one it is sent at once. Either way a broker failure never raises: the
+        data is already written, so the failure is logged, counted in
+        :attr:`failed_publishes` and sent as the
+        :data:`~django_broadcast.signals.publish_failed` signal. The channel name and
+        the data are checked here, in the caller, and raise as :meth:`publish` does.
+        """
+        payload, ms = self._encode(channel, type, data)
+        transaction.on_commit(
+            lambda: self._send_committed(channel, type, data, payload, ms), using=using
+        )
 
     def _send(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> Event:
         started = perf_counter()

@@ -5,11 +5,13 @@ starts, with its ASGI lifespan startup or its first request, a heartbeat: every
 ``BROADCAST_CLIENTS["HEARTBEAT"]`` seconds it publishes on the reserved channel
 ``broadcast.servers`` who it is (host, pid, server software, Python, when it started,
 its uptime) and how it is doing (open connections, subscribers, broker subscriptions,
-events published and delivered per second, drops, gap notices, reconnects), and it
-says goodbye when it exits cleanly. :meth:`django_broadcast.Broadcast.servers` lists
-the processes heard from within three of their heartbeats, so one that dies drops off
-within three heartbeats. Browsers can never read the channel: ``broadcast.`` is
-reserved.
+events published and delivered per second, drops, gap notices, reconnects, its busiest
+channels), and it says goodbye when it exits cleanly. Apps add their own figures with
+:func:`add_section` (the real-time admin adds the requests it served).
+:meth:`django_broadcast.Broadcast.servers` lists the processes heard from within three
+of their heartbeats, so one that dies drops off within three heartbeats. Browsers can
+never read the channel (``broadcast.`` is reserved), except where the real-time admin
+lets active staff read it.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .broadcast import Broadcast
-from .events import GOODBYE, HEARTBEAT, SERVERS_CHANNEL
+from .events import GOODBYE, HEARTBEAT, SERVERS_CHANNEL, is_reserved
 from .exceptions import BroadcastError
 
-__all__ = ["IDENTITY", "start", "stop"]
+__all__ = ["IDENTITY", "add_section", "remove_section", "snapshot", "start", "stop"]
 
 logger = logging.getLogger("django_broadcast.presence")
 
@@ -39,6 +42,21 @@ logger = logging.getLogger("django_broadcast.presence")
 IDENTITY = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 _STARTED = time.time()
 _beats: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_sections: dict[str, Callable[[], Any]] = {}
+
+#: How many of its busiest channels a heartbeat names.
+BUSIEST = 10
+
+
+def add_section(name: str, provider: Callable[[], Any]) -> None:
+    """Send ``provider()`` (JSON data) under ``name`` in every heartbeat of this
+    process. A provider that raises is logged and its section left out of that beat."""
+    _sections[name] = provider
+
+
+def remove_section(name: str) -> None:
+    """Stop sending the section ``name`` (no error if there is none)."""
+    _sections.pop(name, None)
 
 
 def _server_software() -> str:
@@ -63,7 +81,9 @@ def snapshot(broadcast: Broadcast, interval: float, before: dict[str, float]) ->
     }
     before.update(at=now, published=figures["published"], delivered=figures["delivered"])
     host, pid, _ = IDENTITY.split(":")
-    return {
+    channels = {name: count for name, count in figures["channels"].items() if not is_reserved(name)}
+    busiest = sorted(channels.items(), key=lambda item: (-item[1], item[0]))[:BUSIEST]
+    beat = {
         "id": IDENTITY,
         "host": host,
         "pid": int(pid),
@@ -79,7 +99,15 @@ def snapshot(broadcast: Broadcast, interval: float, before: dict[str, float]) ->
         "dropped": figures["dropped"],
         "gaps": figures["gaps"],
         "reconnects": figures["reconnects"],
+        "channels": [[name, count] for name, count in busiest],
+        "channel_count": len(channels),
     }
+    for name, provider in _sections.items():
+        try:
+            beat[name] = provider()
+        except Exception:
+            logger.exception("the heartbeat section %r failed: left out", name)
+    return beat
 
 
 def start(broadcast: Broadcast, interval: float) -> None:

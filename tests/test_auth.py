@@ -32,6 +32,39 @@ async def test_pattern_policy() -> None:
     assert not await authorize(user, "newsx", "subscribe")
 
 
+@override_settings(BROADCAST_AUTH={"PUBLIC": ["*"], "PUBLISH": ["*"]})
+async def test_reserved_channels_are_read_only_through_the_rules_apps_add(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from django_broadcast.auth import allow_reserved, disallow_reserved
+
+    class Staff:
+        is_staff = True
+
+    def staff_only(user: Any, channel: str) -> bool:
+        return bool(getattr(user, "is_staff", False))
+
+    def broken(user: Any, channel: str) -> bool:
+        raise RuntimeError("the rule has a bug")
+
+    anonymous = AnonymousUser()
+    assert not await authorize(Staff(), "broadcast.servers", "subscribe")  # no rule yet
+    allow_reserved("broadcast.servers", staff_only)
+    allow_reserved("broadcast.test.*", broken)
+    try:
+        assert await authorize(Staff(), "broadcast.servers", "subscribe")
+        assert await authorize(Staff(), "broadcast.servers", "history")
+        assert not await authorize(Staff(), "broadcast.servers", "publish")  # never
+        assert not await authorize(anonymous, "broadcast.servers", "subscribe")
+        assert not await authorize(Staff(), "broadcast.layer.inbox.x", "subscribe")
+        assert not await authorize(Staff(), "broadcast.test.x", "subscribe")
+        assert "the rule has a bug" in caplog.text
+    finally:
+        disallow_reserved("broadcast.servers", staff_only)
+        disallow_reserved("broadcast.test.*", broken)
+    assert not await authorize(Staff(), "broadcast.servers", "subscribe")
+
+
 def sync_policy(user: Any, channel: str, action: str) -> bool:
     CALLS.append((user, channel, action))
     return channel == "mine"

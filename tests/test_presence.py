@@ -54,3 +54,26 @@ async def test_servers_come_and_go(serve: Any, backend: str) -> None:
             assert uvicorn.pid not in {server["pid"] for server in await bc.aservers()}
         await listed(bc, until=lambda pids: uvicorn.pid not in pids)
         await bc.aclose()
+
+
+async def test_the_heartbeat_names_the_busiest_channels_and_carries_added_sections() -> None:
+    from django_broadcast import presence
+
+    presence.add_section("requests", lambda: {"per_second": 1.5})
+    presence.add_section("broken", lambda: 1 / 0)  # logged, left out, the rest is sent
+    try:
+        with using({"URL": "memory://"}) as bc:
+            async with (
+                bc.subscribe("room.a") as a1,
+                bc.subscribe("room.a") as a2,
+                bc.subscribe("room.b") as b,
+                bc.subscribe("broadcast.servers") as mine,
+            ):
+                beat = presence.snapshot(bc, 5.0, {})
+                del a1, a2, b, mine
+    finally:
+        presence.remove_section("requests")
+        presence.remove_section("broken")
+    assert beat["channels"] == [["room.a", 2], ["room.b", 1]]  # reserved ones left out
+    assert beat["channel_count"] == 2
+    assert beat["requests"] == {"per_second": 1.5} and "broken" not in beat

@@ -213,6 +213,28 @@ def test_a_publish_that_fails_after_commit_never_raises(
     assert "not sent" in record.getMessage()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_publish_on_commit_sends_at_once_outside_a_transaction_and_never_raises(
+    private_redis: PrivateRedis, channel: str
+) -> None:
+    from django_broadcast.testing import capture_broadcasts
+
+    with using({"URL": private_redis.url, "TIMEOUT": 1}) as bc:
+        with capture_broadcasts(bc.alias) as captured:
+            bc.publish_on_commit(channel, {"n": 1})  # autocommit: sent at once
+            assert [e.data for e in captured.events] == [{"n": 1}]
+            with transaction.atomic(using="default"):
+                bc.publish_on_commit(channel, {"n": 2}, type="saved", using="default")
+                assert len(captured.events) == 1  # not before the commit
+            assert [(e.type, e.data) for e in captured.events][1] == ("saved", {"n": 2})
+        private_redis.kill()
+        bc.publish_on_commit(channel, {"n": 3})  # the broker is down: logged, not raised
+        assert bc.failed_publishes == 1
+        with pytest.raises(TypeError):
+            bc.publish_on_commit(channel, {"n": object()})  # bad data raises in the caller
+        bc.close()
+
+
 async def test_subscribing_while_the_hub_reconnects_is_unavailable_not_an_internal_error(
     private_redis: PrivateRedis, channel: str
 ) -> None:
