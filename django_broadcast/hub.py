@@ -33,7 +33,7 @@ from typing import Protocol
 from ._timeouts import honour_cancellation, within
 from .backends.base import Backend, ConnectionLost, Message, Receiver
 from .conf import AliasConfig
-from .events import Event, gap_event
+from .events import SERVERS_CHANNEL, Event, gap_event
 from .exceptions import BroadcastUnavailable, SubscriptionClosed
 from .stats import Counters
 
@@ -436,7 +436,8 @@ class Hub:
             subs = subscribers.get(channel, ())
             for sub in subs:
                 sub._put_many(events)
-            delivered += len(events) * len(subs)
+            if channel != SERVERS_CHANNEL:  # the heartbeat is not the site's traffic
+                delivered += len(events) * len(subs)
         if by_pattern:
             for (pattern, channel), events in by_pattern.items():
                 for sub in self._pattern_subscribers.get(pattern, ()):

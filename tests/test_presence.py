@@ -77,3 +77,15 @@ async def test_the_heartbeat_names_the_busiest_channels_and_carries_added_sectio
     assert beat["channels"] == [["room.a", 2], ["room.b", 1]]  # reserved ones left out
     assert beat["channel_count"] == 2
     assert beat["requests"] == {"per_second": 1.5} and "broken" not in beat
+
+
+async def test_heartbeats_delivered_are_not_counted_as_the_sites_traffic() -> None:
+    from django_broadcast.events import HEARTBEAT, SERVERS_CHANNEL
+
+    with using({"URL": "memory://"}) as bc:
+        async with bc.subscribe(SERVERS_CHANNEL) as servers, bc.subscribe("room") as room:
+            await bc.apublish(SERVERS_CHANNEL, {"id": "x"}, type=HEARTBEAT)
+            await bc.apublish("room", "marker")
+            assert (await servers.get(timeout=5)).type == HEARTBEAT
+            assert (await room.get(timeout=5)).data == "marker"
+            assert bc.stats()["delivered"] == 1

@@ -13,7 +13,8 @@
 
   const config = JSON.parse(document.getElementById("broadcast-dashboard-config").textContent);
   const HISTORY = 60; // points per chart
-  const servers = new Map(); // id -> {beat, seen (ms)}
+  const WINDOW = 60000; // ms of request histograms the percentiles are taken over
+  const servers = new Map(); // id -> {beat, seen (ms), histograms: [{at, buckets}]}
   const series = {requests: [], published: [], delivered: []};
   let connected = false;
   let refused = null;
@@ -39,7 +40,10 @@
   }
 
   function heard(beat, seenMs) {
-    servers.set(beat.id, {beat, seen: seenMs});
+    const histograms = (servers.get(beat.id) || {histograms: []}).histograms
+      .filter((h) => seenMs - h.at < WINDOW);
+    if (beat.requests) histograms.push({at: seenMs, buckets: beat.requests.buckets});
+    servers.set(beat.id, {beat, seen: seenMs, histograms});
   }
 
   // The servers the page was rendered with (read from history), as old as they are.
@@ -101,7 +105,9 @@
         sum.requests += beat.requests.per_second || 0;
         sum.bounds = beat.requests.bounds_ms;
         sum.buckets = sum.buckets || beat.requests.buckets.map(() => 0);
-        beat.requests.buckets.forEach((n, i) => { sum.buckets[i] += n; });
+        for (const histogram of entry.histograms) {
+          if (now - histogram.at < WINDOW) histogram.buckets.forEach((n, i) => { sum.buckets[i] += n; });
+        }
       }
     }
     return sum;
@@ -142,7 +148,7 @@
     if (sum.counted) {
       $("bd-requests").textContent = fmt(sum.requests);
       const p = (q) => showPercentile(percentile(sum.buckets, sum.bounds, q));
-      $("bd-latency").textContent = `p50 ${p(0.5)} · p90 ${p(0.9)} · p99 ${p(0.99)}`;
+      $("bd-latency").textContent = `last minute: p50 ${p(0.5)} · p90 ${p(0.9)} · p99 ${p(0.99)}`;
     }
 
     const rows = [...servers.values()]

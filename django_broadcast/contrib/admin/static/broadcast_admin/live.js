@@ -143,6 +143,9 @@
           return;
         }
         const keep = editing();
+        const count = document.querySelector("#changelist .paginator");
+        const freshCount = page.querySelector("#changelist .paginator");
+        if (count && freshCount && !keep) count.replaceWith(document.importNode(freshCount, true));
         for (const [pk, event] of batch) {
           const who = event.data.by || "someone";
           const mine = rowFor(document, pk);
