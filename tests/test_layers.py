@@ -19,15 +19,16 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.exceptions import ChannelFull
+from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from django_broadcast import Broadcast
+from django_broadcast import Broadcast, MessageTooLarge
 from django_broadcast.layers import BroadcastChannelLayer
 
-from .conftest import PrivateRedis, using
+from .conftest import Broker, PrivateRedis, using
 
 TIMEOUT = 5
 T = TypeVar("T")
@@ -219,9 +220,51 @@ async def test_expired_messages_are_dropped(
     monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
     await layer.send(channel, {"type": "new"})
     assert (await receive(layer, channel))["type"] == "new"
-    # As in Channels' in-memory layer, an expired message takes its channel out of
-    # its groups.
-    assert channel not in layer._groups.get(group, {})
+
+
+async def test_group_membership_survives_an_expired_message(
+    layer: BroadcastChannelLayer, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # channels_redis keeps a member whose message expired unreceived (a consumer
+    # blocked longer than ``expiry``): only ``group_expiry`` ends a membership.
+    member, witness = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add(group, member)
+    await layer.group_add(group, witness)
+    await layer.group_send(group, {"type": "old"})
+    assert (await receive(layer, witness))["type"] == "old"
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
+    assert await nothing_arrives(layer, member)  # "old" expired, unreceived
+    await layer.group_send(group, {"type": "new"})
+    assert (await receive(layer, witness))["type"] == "new"
+    assert (await receive(layer, member))["type"] == "new"
+
+
+async def test_a_membership_older_than_group_expiry_ends(
+    bc: Broadcast, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = BroadcastChannelLayer(group_expiry=600)
+    try:
+        member = await layer.new_channel()
+        await layer.group_add(group, member)
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + 601)
+        witness = await layer.new_channel()  # added after the jump: still a member
+        await layer.group_add(group, witness)
+        await layer.group_send(group, {"type": "late"})
+        assert (await receive(layer, witness))["type"] == "late"
+        assert await nothing_arrives(layer, member)
+        await layer.group_add(group, member)  # adding again renews the membership
+        await layer.group_send(group, {"type": "renewed"})
+        assert (await receive(layer, witness))["type"] == "renewed"
+        assert (await receive(layer, member))["type"] == "renewed"
+        monkeypatch.setattr(time, "time", lambda: now + 1202)
+        await layer.group_send(group, {"type": "to nobody"})
+        # Every membership expired: the group's broker subscription is released.
+        await until(lambda: group not in layer._readers and group not in layer._groups)
+        await until(lambda: group not in layer.broadcast._hub().channels)
+    finally:
+        await layer.flush()
 
 
 async def test_expired_messages_of_channels_nobody_reads_are_dropped(
@@ -659,6 +702,26 @@ async def test_a_megabyte_message_travels_between_processes(bc: Broadcast, group
     finally:
         await first.flush()
         await second.flush()
+
+
+@pytest.mark.parametrize("method", ["send", "group_send"])
+async def test_an_oversized_message_raises_channels_message_too_large(
+    broker: Broker, group: str, method: str
+) -> None:
+    # Handlers written for channels_redis catch channels.exceptions.MessageTooLarge.
+    with using(broker.entry(OPTIONS={"max_message_size": 4096})) as bc:
+        layer, other = BroadcastChannelLayer(), BroadcastChannelLayer()
+        try:
+            # Another process's channel, or a group: what goes through the broker.
+            target = await other.new_channel() if method == "send" else group
+            with pytest.raises(ChannelsMessageTooLarge) as caught:
+                await getattr(layer, method)(target, {"type": "big", "text": "x" * 5000})
+            assert isinstance(caught.value, MessageTooLarge)
+            assert "max_message_size" in str(caught.value)
+        finally:
+            await layer.flush()
+            await other.flush()
+            await bc.aclose()
 
 
 async def test_names_of_99_characters_travel_between_processes(bc: Broadcast) -> None:

@@ -51,6 +51,6 @@ and existing Channels code keeps working, sharing its events with the rest of th
 - Messages expire after ``expiry`` seconds (default 60) unreceived.
 """
 
-from .layer import BroadcastChannelLayer
+from .layer import BroadcastChannelLayer, LayerMessageTooLarge
 
-__all__ = ["BroadcastChannelLayer"]
+__all__ = ["BroadcastChannelLayer", "LayerMessageTooLarge"]

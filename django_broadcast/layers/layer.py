@@ -13,16 +13,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
+from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.layers import BaseChannelLayer
 
 from ..broadcast import Broadcast
 from ..events import RESERVED_PREFIX, Event
+from ..exceptions import MessageTooLarge
 from ..registry import broadcasts
 from .mailboxes import Mailbox
 from .messages import SEND_TYPE, decode_bytes, encode_bytes, fresh_copy, member_message
 from .readers import Reader
 
-__all__ = ["BroadcastChannelLayer"]
+__all__ = ["BroadcastChannelLayer", "LayerMessageTooLarge"]
 
 logger = logging.getLogger("django_broadcast.layers")
 
@@ -32,6 +34,12 @@ _LAYER_PREFIX = RESERVED_PREFIX + "layer."
 _SWEEP_INTERVAL = 1.0
 
 
+class LayerMessageTooLarge(MessageTooLarge, ChannelsMessageTooLarge):
+    """A layer message over the alias's ``max_message_size``: both Channels'
+    ``MessageTooLarge`` (what handlers written for other layers catch) and
+    django_broadcast's."""
+
+
 class BroadcastChannelLayer(BaseChannelLayer):
     """A Channels channel layer that travels through a broadcast alias.
 
@@ -39,7 +47,11 @@ class BroadcastChannelLayer(BaseChannelLayer):
     ``expiry`` (seconds an unreceived message lives, default 60), ``capacity``
     (messages a local channel holds before ``ChannelFull``, default 100),
     ``channel_capacity`` (per-pattern capacities, as in channels_redis) and
-    ``group_expiry`` (accepted for compatibility).
+    ``group_expiry`` (seconds a group membership lasts unless renewed by another
+    ``group_add``, default 86400, as in channels_redis).
+
+    A message over the alias's ``max_message_size`` raises
+    :class:`LayerMessageTooLarge`, a ``channels.exceptions.MessageTooLarge``.
     """
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
@@ -65,6 +77,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._groups: dict[str, dict[str, float]] = {}
         self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
+        self._releasing: set[asyncio.Task[None]] = set()  # readers being stopped
 
     @property
     def broadcast(self) -> Broadcast:
@@ -97,10 +110,17 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._put(channel, expires, copy.deepcopy(message), strict=True)
                 return
             data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
-            await self.broadcast.apublish(self._inbox_channel(inbox), data, type=SEND_TYPE)
+            await self._publish(channel, self._inbox_channel(inbox), data, SEND_TYPE)
             return
         data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
-        await self.broadcast.apublish(self._broker_channel(channel), data, type=SEND_TYPE)
+        await self._publish(channel, self._broker_channel(channel), data, SEND_TYPE)
+
+    async def _publish(self, name: str, broker_channel: str, data: Any, type: str) -> None:
+        """Publish to ``broker_channel`` what was sent to channel or group ``name``."""
+        try:
+            await self.broadcast.apublish(broker_channel, data, type=type)
+        except MessageTooLarge as exc:
+            raise LayerMessageTooLarge(name, exc.size, exc.limit) from None
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``; each goes to one receiver.
@@ -157,7 +177,6 @@ class BroadcastChannelLayer(BaseChannelLayer):
             if expires >= now:
                 self._forget_if_idle(channel, inbox)
                 return message, shared
-            self._expired(channel)
         return None
 
     def _forget_if_idle(self, channel: str, inbox: Mailbox) -> None:
@@ -174,7 +193,6 @@ class BroadcastChannelLayer(BaseChannelLayer):
             for channel, inbox in list(self._inboxes.items()):
                 while inbox.messages and inbox.messages[0][0] < now:
                     inbox.messages.popleft()
-                    self._expired(channel)
                 self._forget_if_idle(channel, inbox)
 
     def _put(
@@ -198,10 +216,6 @@ class BroadcastChannelLayer(BaseChannelLayer):
         if strict:
             raise ChannelFull(channel)
         logger.warning("channel %r is full (capacity %d): message dropped", channel, inbox.capacity)
-
-    def _expired(self, channel: str) -> None:
-        for members in list(self._groups.values()):
-            members.pop(channel, None)
 
     @staticmethod
     def _layer_channel(kind: str, name: str) -> str:
@@ -252,7 +266,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
         data = {key: value for key, value in message.items() if key != "type"}
-        await self.broadcast.apublish(group, encode_bytes(data), type=message["type"])
+        await self._publish(group, group, encode_bytes(data), message["type"])
 
     # Readers -----------------------------------------------------------------------
 
@@ -266,16 +280,34 @@ class BroadcastChannelLayer(BaseChannelLayer):
         return reader
 
     def _route_group(self, event: Event) -> None:
-        members = list(self._groups.get(event.channel, ()))
-        if not members:
+        group = self._groups.get(event.channel)
+        if not group:
             return
+        now = time.time()
+        joined_before = now - self.group_expiry
+        for member in [member for member, joined in group.items() if joined < joined_before]:
+            del group[member]  # its membership expired (group_expiry)
+        if not group:
+            del self._groups[event.channel]
+            self._release(event.channel)
+            return
+        members = list(group)
         message = member_message(event)
-        expires = time.time() + self.expiry
+        expires = now + self.expiry
         for member in members:
             if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
                 self._put(member, expires, message, strict=False, shared=True)
             else:  # send() copies it
                 asyncio.get_running_loop().create_task(self._forward(member, message))
+
+    def _release(self, group: str) -> None:
+        """Stop the reader of ``group``, whose last membership expired, from its own
+        routing (in a task of its own: a reader cannot await its own end)."""
+        reader = self._readers.pop(group, None)
+        if reader is not None:
+            task = asyncio.get_running_loop().create_task(reader.stop())
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     async def _forward(self, channel: str, message: dict[str, Any]) -> None:
         try:
