@@ -11,6 +11,7 @@ import gc
 import inspect
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -27,6 +28,7 @@ from django.test import override_settings
 
 from django_broadcast import Broadcast, MessageTooLarge
 from django_broadcast.layers import BroadcastChannelLayer
+from django_broadcast.registry import broadcasts
 
 from .conftest import Broker, PrivateRedis, using
 
@@ -832,3 +834,61 @@ async def test_a_plain_consumer_with_groups_gets_sync_publishes(bc: Broadcast) -
         finally:
             await communicator.disconnect()
             await channel_layers["default"].flush()
+
+
+# Sync code (WSGI views, management commands, Celery tasks) -----------------------------
+
+
+def test_sync_group_sends_leave_no_connection_open(private_redis: PrivateRedis) -> None:
+    """Each ``async_to_sync(group_send)`` from a thread without an event loop runs on a
+    loop of its own that asgiref closes after the call: none may leave a connection."""
+    import redis as redis_py
+
+    with override_settings(BROADCAST={"default": {"URL": private_redis.url}}):
+        layer = BroadcastChannelLayer()
+        admin = redis_py.Redis.from_url(private_redis.url)
+        try:
+
+            def publish_from_a_plain_thread() -> None:
+                for number in range(200):
+                    async_to_sync(layer.group_send)("g-sync", {"type": "n", "n": number})
+
+            opened = admin.info("stats")["total_connections_received"]
+            thread = threading.Thread(target=publish_from_a_plain_thread)
+            thread.start()
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+            clients = admin.client_list()
+            # This admin client and the alias's sync pool at most; none per call.
+            assert len(clients) <= 3, [c.get("name") for c in clients]
+            # And none opened per call either: such a call takes the sync path.
+            assert admin.info("stats")["total_connections_received"] - opened <= 2
+        finally:
+            admin.close()
+            broadcasts["default"].close()
+
+
+def test_short_lived_loops_that_subscribe_leave_no_connection_open(
+    private_redis: PrivateRedis,
+) -> None:
+    """Whatever a loop opened (its hub's receiving connection, its async client) is
+    closed with the loop."""
+    import redis as redis_py
+
+    async def subscribe_and_publish(number: int) -> None:
+        bc = broadcasts["default"]
+        async with bc.subscribe("short-lived") as subscription:
+            await bc.apublish("short-lived", number)
+            event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+            assert event.data == number
+
+    with override_settings(BROADCAST={"default": {"URL": private_redis.url}}):
+        admin = redis_py.Redis.from_url(private_redis.url)
+        try:
+            for number in range(20):
+                asyncio.run(subscribe_and_publish(number))
+            clients = admin.client_list()
+            assert len(clients) <= 3, [c.get("name") for c in clients]
+        finally:
+            admin.close()
+            broadcasts["default"].close()
