@@ -5,7 +5,6 @@ from django.db import models
 from django_broadcast.changes import broadcast_changes
 
 
-# models-message-start
 class Message(models.Model):
     """A chat message, saved before it is published on ``chat.<room>``."""
 
@@ -21,9 +20,6 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.author} in {self.room}: {self.text[:40]}"
-
-
-# models-message-end
 
 
 class Seat(models.Model):
