@@ -36,6 +36,6 @@ class Seat(models.Model):
         return f"seat {self.label} ({'taken' if self.taken_by else 'free'})"
 
 
-#: Every save and delete of a seat is published on the "seats" channel when its
-#: transaction commits, as ``{"model": "demo.seat", "pk": "A1", "fields": {...}}``.
-seat_changes = broadcast_changes(Seat, fields=["taken_by"], channel="seats", object_channel=False)
+# Every save and delete of a seat is published on the "seats" channel when its
+# transaction commits, as {"model": "demo.seat", "pk": "A1", "fields": {"taken_by": ...}}.
+broadcast_changes(Seat, fields=["taken_by"], channel="seats", object_channel=False)

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from .models import Seat, seat_changes
+from .models import Seat
 
 
 def seat_holder(request: HttpRequest, *, create: bool = False) -> str:
@@ -63,19 +63,22 @@ def take_seat(request: HttpRequest, label: str) -> HttpResponse:
     """
     seat = get_object_or_404(Seat, label=label)
     holder = seat_holder(request, create=True)
-    if seat.taken_by == holder:
-        changed = Seat.objects.filter(label=label, taken_by=holder).update(
-            taken_by="", taken_at=None
-        )
-        message = f"You gave back seat {label}."
-    else:
-        changed = Seat.objects.filter(label=label, taken_by="").update(
-            taken_by=holder, taken_at=timezone.now()
-        )
-        message = f"Seat {label} is yours." if changed else f"Sorry, seat {label} was just taken."
-    if changed:
-        # QuerySet.update() sends no post_save: publish through the seat's stream.
-        seat_changes.publish(Seat.objects.get(label=label), "updated", "default")
+    with transaction.atomic():
+        if seat.taken_by == holder:
+            mine = Seat.objects.filter(label=label, taken_by=holder)
+            changed = mine.update(taken_by="", taken_at=None)
+            message = f"You gave back seat {label}."
+        else:
+            free = Seat.objects.filter(label=label, taken_by="")
+            changed = free.update(taken_by=holder, taken_at=timezone.now())
+            message = (
+                f"Seat {label} is yours." if changed else f"Sorry, seat {label} was just taken."
+            )
+        if changed:
+            # QuerySet.update() sends no post_save: save the row as it now is, so that
+            # the seat's change stream and the live admin publish it at the commit.
+            seat.refresh_from_db()
+            seat.save()
     return _answer(request, bool(changed), message)
 
 
