@@ -1,15 +1,22 @@
 """The commands of ``docs/deployment.rst`` work: each server command of the page, run
 as written (the project's module, the address and the number of workers aside) against
-the test project, serves an event stream and shuts down cleanly with it open; and the
+the test project, serves an event stream and shuts down cleanly with it open; the
 development ``asgi.py`` of the page serves ``broadcast.js``, which the plain
-application does not."""
+application does not; and the page's nginx configuration, in front of uvicorn, serves
+the client, upgrades WebSockets and streams events unbuffered (where nginx is
+installed)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -18,8 +25,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
-from .conftest import REDIS_URL, require_broker
+from .conftest import REDIS_URL, free_port, require_broker
 from .servers import APP, ROOT, STARTUP, Server
 
 PAGE = ROOT / "docs" / "deployment.rst"
@@ -128,3 +136,86 @@ def test_the_development_asgi_serves_the_client(tmp_path: Path, started: list[Se
     served = httpx.get(development.url(path), timeout=STARTUP)
     assert served.status_code == 200
     assert served.content == SCRIPT.read_bytes()
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[tuple[Server, int]]:
+    """uvicorn as the page runs it, behind nginx with the page's configuration (the
+    ports and the static directory aside): the server and nginx's port."""
+    require_broker("redis", REDIS_URL)
+    program = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if program is None:
+        pytest.skip("nginx is not installed")
+    uvicorn = next(line for line in server_commands() if line.startswith("uvicorn"))
+    server = PageServer(uvicorn).start()
+    port = free_port()
+    ((_, block),) = blocks("nginx")
+    block = (
+        block.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        .replace("listen 80;", f"listen 127.0.0.1:{port};")
+        .replace("/srv/myproject/static/", f"{SCRIPT.parent.parent}/")
+    )
+    temp = "\n".join(
+        f"{kind}_temp_path {tmp_path / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\npid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'};\n"
+        f"events {{}}\nhttp {{\naccess_log off;\n{temp}\n{block}\n}}\n"
+    )
+    process = subprocess.Popen(
+        [program, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                log = tmp_path / "error.log"
+                assert process.poll() is None, log.read_text() if log.exists() else "no log"
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        yield server, port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        server.close()
+
+
+async def test_behind_the_pages_nginx_the_client_websockets_and_streams_work(
+    nginx: tuple[Server, int],
+) -> None:
+    _, port = nginx
+    base = f"http://127.0.0.1:{port}"
+    channel = f"mp-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=STARTUP) as client:
+        script = await client.get(f"{base}/static/django_broadcast/broadcast.js")
+        assert script.status_code == 200 and script.content == SCRIPT.read_bytes()
+        request = client.build_request("GET", f"{base}/broadcast/events/?channel={channel}")
+        stream = await client.send(request, stream=True)
+        try:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.aiter_lines()
+            ws = await websockets.connect(
+                f"ws://127.0.0.1:{port}/broadcast/ws/", origin=websockets.Origin(base)
+            )
+            try:
+                await ws.send(json.dumps({"op": "publish", "channel": channel, "data": "hi"}))
+
+                async def event() -> dict[str, object]:
+                    async for line in lines:
+                        if line.startswith("data: "):
+                            received: dict[str, object] = json.loads(line[6:])
+                            return received
+                    raise AssertionError("the stream ended")
+
+                # Unbuffered: the one small event arrives at once, not when a buffer fills.
+                assert (await asyncio.wait_for(event(), STARTUP))["data"] == "hi"
+            finally:
+                await ws.close()
+        finally:
+            await stream.aclose()
