@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "django_broadcast"
@@ -105,3 +108,25 @@ def test_every_level_listed_is_explained() -> None:
         assert levels
         for level in levels.group(1).split(", "):
             assert re.search(rf"^\* {level}\b", body, re.M), f"{name}: no item says {level}"
+
+
+def test_the_logging_setting_shown_is_valid() -> None:
+    (code,) = (
+        "\n".join(line[3:] for line in body.splitlines())
+        for body in re.findall(
+            r"^\.\. code-block:: python\n\n((?:   .*\n|\n)+)", PAGE.read_text(), re.M
+        )
+    )
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    # Applied in a process of its own: the test run's logging stays as it is.
+    script = (
+        f"import logging, logging.config\nlogging.config.dictConfig({namespace['LOGGING']!r})\n"
+    )
+    script += (
+        "assert logging.getLogger('django_broadcast.hub').getEffectiveLevel() == logging.DEBUG\n"
+    )
+    script += (
+        "assert logging.getLogger('django_broadcast.layers').getEffectiveLevel() == logging.INFO\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
