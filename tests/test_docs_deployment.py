@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,13 @@ class PageServer(Server):
         super().__init__(line.split()[0], url=REDIS_URL)
         self.line = line
         self.app = app
+        # gunicorn keeps a control socket under ~/.gunicorn: one home per server.
+        self.home = tempfile.mkdtemp(prefix="broadcast-home-")
+        self.env["HOME"] = self.home
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def command(self) -> list[str]:
         line = (
