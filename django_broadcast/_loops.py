@@ -19,7 +19,7 @@ from asgiref.sync import AsyncToSync
 
 __all__ = ["at_close", "is_throwaway"]
 
-logger = logging.getLogger("django_broadcast")
+logger = logging.getLogger("django_broadcast.hub")
 
 _lock = threading.Lock()
 _cleanups: weakref.WeakKeyDictionary[

@@ -24,6 +24,7 @@ from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_broadcast import Broadcast, MessageTooLarge
@@ -671,6 +672,26 @@ def test_the_layer_declares_its_extensions_and_group_expiry() -> None:
     assert set(layer.extensions) == {"groups", "flush"}
     assert layer.group_expiry == 3600
     assert BroadcastChannelLayer().group_expiry == 86400
+
+
+@pytest.mark.parametrize(
+    ("config", "told"),
+    [
+        ({"hosts": ["redis://127.0.0.1:6379/0"]}, "BROADCAST['default']['URL']"),
+        ({"prefix": "asgi"}, "BROADCAST['default']['OPTIONS']['prefix']"),
+        ({"symmetric_encryption_keys": ["secret"]}, "rediss://"),
+        ({"serializer_format": "json", "using": "other"}, "'serializer_format'"),
+    ],
+)
+def test_channels_redis_keys_the_layer_does_not_take_are_refused(
+    config: dict[str, Any], told: str
+) -> None:
+    # Copied from a channels_redis CONFIG, they would otherwise do nothing, silently:
+    # no encryption where symmetric_encryption_keys promised it.
+    with pytest.raises(ImproperlyConfigured) as raised:
+        BroadcastChannelLayer(**config)
+    assert told in str(raised.value)
+    assert "using, expiry, capacity, channel_capacity, group_expiry" in str(raised.value)
 
 
 def test_the_layer_methods_are_coroutine_functions() -> None:
