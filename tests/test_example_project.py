@@ -119,6 +119,10 @@ def test_the_chat_view_saves_then_publishes(backend_name: str, tmp_path: Path) -
 NO_JS = """
 client = Client()
 assert client.post("/chat/lobby/post/", {"text": "anonymous"}).status_code == 400
+# A room name longer than the model keeps (and than a channel name may be) is no room.
+long_room = "r" * 120
+assert client.get(f"/chat/{long_room}/").status_code == 404
+assert client.post(f"/chat/{long_room}/post/", {"text": "x"}).status_code == 404
 response = client.post("/chat/lobby/name/", {"name": "  "})
 assert response.status_code == 400
 client.post("/chat/lobby/name/", {"name": "bob"})

@@ -2,7 +2,7 @@
 (``static/demo/chat.js``); a message is posted to a plain sync view that saves it,
 then publishes it on ``chat.<room>``."""
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -22,6 +22,13 @@ def chat_name(request: HttpRequest) -> str:
     return request.session.get("chat_name", "")
 
 
+def channel_of(room: str) -> str:
+    """The channel of ``room``; a slug longer than a message's room can be is no room."""
+    if len(room) > Message._meta.get_field("room").max_length:
+        raise Http404("no such room: its name is too long")
+    return f"chat.{room}"
+
+
 def rooms(request: HttpRequest) -> HttpResponse:
     """The list of rooms."""
     used = Message.objects.order_by().values_list("room", flat=True).distinct()
@@ -31,7 +38,7 @@ def rooms(request: HttpRequest) -> HttpResponse:
 
 def room(request: HttpRequest, room: str) -> HttpResponse:
     """A room: its latest messages, then the page goes live from the newest one."""
-    channel = f"chat.{room}"
+    channel = channel_of(room)
     since = None
     if broadcast.features.history:
         events = broadcast.history(channel, limit=HISTORY)
@@ -53,6 +60,7 @@ def room(request: HttpRequest, room: str) -> HttpResponse:
 @require_POST
 def pick_name(request: HttpRequest, room: str) -> HttpResponse:
     """Remember the name a visitor picked for this session."""
+    channel_of(room)
     name = " ".join(request.POST.get("name", "").split())[:40]
     if not name:
         return HttpResponseBadRequest("pick a name: it cannot be empty")
@@ -63,6 +71,7 @@ def pick_name(request: HttpRequest, room: str) -> HttpResponse:
 @require_POST
 def post_message(request: HttpRequest, room: str) -> HttpResponse:
     """Save a message, then publish it to everyone in the room."""
+    channel = channel_of(room)
     name = chat_name(request)
     text = request.POST.get("text", "").strip()[:500]
     if not name:
@@ -70,7 +79,7 @@ def post_message(request: HttpRequest, room: str) -> HttpResponse:
     if not text:
         return HttpResponseBadRequest("write something")
     message = Message.objects.create(room=room, author=name, text=text)
-    event = broadcast.publish(f"chat.{room}", {"author": name, "text": text})
+    event = broadcast.publish(channel, {"author": name, "text": text})
     if event is not None:  # None only inside a transaction, sent at its commit
         Message.objects.filter(pk=message.pk).update(event_id=event.id)
     if request.headers.get("X-Requested-With") == "fetch":
