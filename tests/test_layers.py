@@ -7,6 +7,7 @@ layer tests, plus what only the bridge does: groups are broadcast channels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import random
@@ -204,7 +205,6 @@ async def test_a_plain_channel_in_a_group_gets_its_messages(bc: Broadcast, group
     name = f"test-gr-chan-{uuid.uuid4().hex[:8]}"
     try:
         waiting = asyncio.create_task(receive(worker, name))
-        await subscribed(bc, worker._broker_channel(name))
         await web.group_add(group, name)
         await web.group_send(group, {"type": "message.1"})
         assert (await waiting)["type"] == "message.1"
@@ -643,7 +643,6 @@ async def test_plain_channels_reach_the_processes_receiving_them(
     name = f"thumbnails-{uuid.uuid4().hex[:8]}"
     try:
         waiting = asyncio.create_task(receive(worker, name))
-        await subscribed(bc, worker._broker_channel(name))
         await web.send(name, {"type": "thumbnail.make", "id": 7})
         assert (await waiting)["id"] == 7
     finally:
@@ -913,3 +912,136 @@ def test_short_lived_loops_that_subscribe_leave_no_connection_open(
         finally:
             admin.close()
             broadcasts["default"].close()
+
+
+# Plain channels are queues (Channels' spec, channels_redis's core layer) --------------
+
+
+@pytest.fixture
+def plain() -> str:
+    return f"plain-{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_plain_channel_keeps_a_message_until_it_is_received(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    # Channels' tutorial check: send to "test_channel" with nobody receiving, then
+    # receive it.
+    await layer.send(plain, {"type": "hello"})
+    assert await receive(layer, plain) == {"type": "hello"}
+
+
+def test_the_tutorials_shell_check(bc: Broadcast, plain: str) -> None:
+    channel_layer = BroadcastChannelLayer()
+    received: list[dict[str, Any]] = []
+
+    def shell() -> None:
+        async_to_sync(channel_layer.send)(plain, {"type": "hello"})
+        received.append(async_to_sync(channel_layer.receive)(plain))
+
+    thread = threading.Thread(target=shell, daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout=TIMEOUT)
+        assert received == [{"type": "hello"}]
+    finally:
+        async_to_sync(channel_layer.flush)()
+
+
+async def test_plain_channel_messages_are_received_in_order(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    for n in range(3):
+        await layer.send(plain, {"type": "m", "n": n})
+    assert [(await receive(layer, plain))["n"] for _ in range(3)] == [0, 1, 2]
+    await layer.send(plain, {"type": "m", "n": 3})
+    assert (await receive(layer, plain))["n"] == 3
+
+
+async def test_a_full_plain_channel_raises_channel_full(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    for n in range(3):  # the layer's capacity
+        await layer.send(plain, {"type": "m", "n": n})
+    with pytest.raises(ChannelFull):
+        await layer.send(plain, {"type": "m", "n": 3})
+    assert (await receive(layer, plain))["n"] == 0
+    await layer.send(plain, {"type": "m", "n": 4})  # room again
+    assert [(await receive(layer, plain))["n"] for _ in range(3)] == [1, 2, 4]
+
+
+async def test_channel_capacity_applies_to_plain_channels(bc: Broadcast, plain: str) -> None:
+    layer = BroadcastChannelLayer(capacity=10, channel_capacity={"tiny*": 1})
+    try:
+        await layer.send(f"tiny-{plain}", {"type": "a"})
+        with pytest.raises(ChannelFull):
+            await layer.send(f"tiny-{plain}", {"type": "b"})
+        for n in range(10):
+            await layer.send(plain, {"type": "m", "n": n})
+        with pytest.raises(ChannelFull):
+            await layer.send(plain, {"type": "m", "n": 10})
+    finally:
+        await layer.flush()
+
+
+async def test_plain_channel_messages_expire(
+    layer: BroadcastChannelLayer, plain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await layer.send(plain, {"type": "m", "n": 1})
+    await layer.send(plain, {"type": "m", "n": 2})
+    await layer.send(plain, {"type": "m", "n": 3})
+    assert (await receive(layer, plain))["n"] == 1
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
+    # The two left expired: they are not received and take no room.
+    for n in range(4, 7):
+        await layer.send(plain, {"type": "m", "n": n})
+    assert [(await receive(layer, plain))["n"] for _ in range(3)] == [4, 5, 6]
+
+
+async def test_each_plain_channel_message_reaches_exactly_one_process(
+    bc: Broadcast, plain: str
+) -> None:
+    workers = [BroadcastChannelLayer(), BroadcastChannelLayer()]
+    sender = BroadcastChannelLayer(capacity=100)
+    received: list[int] = []
+
+    async def work(worker: BroadcastChannelLayer) -> None:
+        while True:
+            received.append((await worker.receive(plain))["n"])
+
+    tasks = [asyncio.create_task(work(worker)) for worker in workers for _ in range(2)]
+    try:
+        for n in range(40):
+            await sender.send(plain, {"type": "job", "n": n})
+        await until(lambda: len(received) >= 40)
+        await sender.send(plain, {"type": "job", "n": -1})  # the marker: nothing else
+        await until(lambda: -1 in received)
+        assert sorted(received) == [-1, *range(40)]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for layer in (*workers, sender):
+            await layer.flush()
+
+
+async def test_a_cancelled_receive_of_a_plain_channel_loses_nothing(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    for _ in range(20):
+        waiting = await waiting_receive(layer, plain)
+        await layer.send(plain, {"type": "m"})
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            message = await waiting
+            assert message == {"type": "m"}
+            continue
+        assert await receive(layer, plain) == {"type": "m"}  # it went back to the queue
+
+
+async def test_flush_empties_plain_channels(layer: BroadcastChannelLayer, plain: str) -> None:
+    await layer.send(plain, {"type": "old"})
+    await layer.flush()
+    await layer.send(plain, {"type": "new"})
+    assert (await receive(layer, plain))["type"] == "new"

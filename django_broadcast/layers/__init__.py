@@ -49,6 +49,9 @@ and existing Channels code keeps working, sharing its events with the rest of th
 - ``receive()`` takes a plain name or a channel made by this layer's
   ``new_channel()``; another process's channel is an ``AssertionError``, as in
   channels_redis.
+- **Plain channels are queues** in the broker (``Broadcast.aqueue_put`` and
+  ``aqueue_take``), as in channels_redis's core layer: a message waits until one
+  receiver in any process takes it; ``ChannelFull`` at capacity.
 - Messages expire after ``expiry`` seconds (default 60) unreceived.
 """
 

@@ -19,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from ..broadcast import Broadcast
 from ..events import RESERVED_PREFIX, Event
-from ..exceptions import MessageTooLarge
+from ..exceptions import MessageTooLarge, QueueFull
 from ..registry import broadcasts
 from .mailboxes import Mailbox
 from .messages import SEND_TYPE, decode_bytes, encode_bytes, fresh_copy, member_message
@@ -83,6 +83,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._groups: dict[str, dict[str, float]] = {}
         self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
+        self._queues: set[str] = set()  # the plain channels this layer used
         self._releasing: set[asyncio.Task[None]] = set()  # readers being stopped
 
     @property
@@ -104,8 +105,13 @@ class BroadcastChannelLayer(BaseChannelLayer):
         return f"{inbox}!{uuid.uuid4().hex[:12]}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Send ``message`` to ``channel``; raise ``ChannelFull`` when a local channel
-        already holds ``capacity`` messages."""
+        """Send ``message`` to ``channel``; raise ``ChannelFull`` when the channel
+        already holds its capacity of messages (a plain channel, in the broker; a
+        process-specific one of this process, locally).
+
+        A plain channel is a queue in the broker: the message waits, at most
+        ``expiry`` seconds, until one receiver in any process takes it.
+        """
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_channel_name(channel)
         assert "__asgi_channel__" not in message
@@ -118,8 +124,18 @@ class BroadcastChannelLayer(BaseChannelLayer):
             data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
             await self._publish(channel, self._inbox_channel(inbox), data, SEND_TYPE)
             return
-        data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
-        await self._publish(channel, self._broker_channel(channel), data, SEND_TYPE)
+        self._queues.add(channel)
+        try:
+            await self.broadcast.aqueue_put(
+                self._queue_name(channel),
+                encode_bytes(message),
+                capacity=self.get_capacity(channel),
+                ttl=self.expiry,
+            )
+        except QueueFull:
+            raise ChannelFull(channel) from None
+        except MessageTooLarge as exc:
+            raise LayerMessageTooLarge(channel, exc.size, exc.limit) from None
 
     async def _publish(self, name: str, broker_channel: str, data: Any, type: str) -> None:
         """Publish to ``broker_channel`` what was sent to channel or group ``name``."""
@@ -135,21 +151,19 @@ class BroadcastChannelLayer(BaseChannelLayer):
         another process's channel raises ``AssertionError``, as in channels_redis.
         """
         self.require_valid_channel_name(channel)
-        if "!" in channel:
-            owner = channel.split("!", 1)[0]
-            assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
-            reader, local = self._inbox_channel(owner), True
-        else:
-            reader, local = self._broker_channel(channel), False
+        if "!" not in channel:
+            self._queues.add(channel)
+            taken = await self.broadcast.aqueue_take(self._queue_name(channel))
+            return decode_bytes(taken)
+        owner = channel.split("!", 1)[0]
+        assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
+        reader = self._inbox_channel(owner)
         self._sweep()
         loop = asyncio.get_running_loop()
         while True:
-            # At first, and after a flush. Messages of a specific channel may be local
-            # hand-offs, so its receiver waits on the inbox at once; a plain channel's
-            # come only from the broker, so it waits for the subscription first.
-            current = self._start_reader(reader, self._route_inbox)
-            if not local:
-                await asyncio.shield(current.ready)
+            # At first, and after a flush: messages of a specific channel may be local
+            # hand-offs, so its receiver waits on the inbox at once.
+            self._start_reader(reader, self._route_inbox)
             with self._lock:
                 inbox = self._inbox(channel)
                 taken = self._take(channel, inbox)
@@ -231,9 +245,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         return channel
 
     @classmethod
-    def _broker_channel(cls, channel: str) -> str:
-        """The broadcast channel of a plain (not process-specific) channel."""
-        return cls._layer_channel("channel", channel)
+    def _queue_name(cls, channel: str) -> str:
+        """The broadcast queue of a plain (not process-specific) channel."""
+        return cls._layer_channel("queue", channel)
 
     @classmethod
     def _inbox_channel(cls, inbox: str) -> str:
@@ -332,9 +346,12 @@ class BroadcastChannelLayer(BaseChannelLayer):
     # Flush and close ---------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Drop every queued message, group membership and subscription."""
+        """Drop every queued message (of the plain channels this layer used too),
+        group membership and subscription."""
         readers, self._readers = self._readers, {}
         self._groups = {}
+        queues, self._queues = self._queues, set()
+        await _gather(self.broadcast.aqueue_clear(self._queue_name(name)) for name in queues)
         with self._lock:
             inboxes, self._inboxes = self._inboxes, {}
             for inbox in inboxes.values():

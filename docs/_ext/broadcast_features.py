@@ -17,6 +17,7 @@ COLUMNS = [
     ("history", "history & resume"),
     ("patterns", "patterns"),
     ("transactional", "transactional publish"),
+    ("queues", "queues (layer plain channels)"),
     ("crosses_processes", "crosses processes"),
     ("id_order", "ids increase per"),
     ("max_payload", "hard payload limit"),

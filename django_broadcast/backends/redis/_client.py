@@ -227,10 +227,11 @@ class RedisBase(Backend):
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
-    async def acall(self, awaitable: Awaitable[T]) -> T:
-        """Await a Redis call within TIMEOUT, translating connection failures."""
+    async def acall(self, awaitable: Awaitable[T], *, waits: float = 0) -> T:
+        """Await a Redis call within TIMEOUT (plus ``waits``, the seconds a blocking
+        command may wait at the server), translating connection failures."""
         try:
-            async with _deadline(self.timeout):
+            async with _deadline(self.timeout + waits):
                 return await awaitable
         except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
             raise self.unavailable(exc) from exc
