@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
@@ -21,7 +22,7 @@ from ..broadcast import Broadcast
 from ..events import RESERVED_PREFIX, Event
 from ..exceptions import MessageTooLarge, QueueFull
 from ..registry import broadcasts
-from .mailboxes import Mailbox
+from .mailboxes import Mailbox, running_loop
 from .messages import SEND_TYPE, decode_bytes, encode_bytes, fresh_copy, member_message
 from .readers import Reader
 
@@ -33,6 +34,8 @@ logger = logging.getLogger("django_broadcast.layers")
 _LAYER_PREFIX = RESERVED_PREFIX + "layer."
 #: Seconds between two sweeps of the expired messages of channels nobody reads.
 _SWEEP_INTERVAL = 1.0
+#: How many group messages routed at send may wait for their copy from the broker.
+_MAX_ECHOES = 10_000
 
 
 class LayerMessageTooLarge(MessageTooLarge, ChannelsMessageTooLarge):
@@ -84,6 +87,10 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
         self._queues: set[str] = set()  # the plain channels this layer used
+        #: (group, event id) of the group messages routed here as they were sent.
+        self._echoes: dict[tuple[str, str], None] = {}
+        self._sending: dict[str, int] = {}  # group -> its sends out (on the reader's loop)
+        self._held: dict[str, list[Event]] = {}  # group -> broker events held meanwhile
         self._releasing: set[asyncio.Task[None]] = set()  # readers being stopped
 
     @property
@@ -137,10 +144,10 @@ class BroadcastChannelLayer(BaseChannelLayer):
         except MessageTooLarge as exc:
             raise LayerMessageTooLarge(channel, exc.size, exc.limit) from None
 
-    async def _publish(self, name: str, broker_channel: str, data: Any, type: str) -> None:
+    async def _publish(self, name: str, broker_channel: str, data: Any, type: str) -> Event:
         """Publish to ``broker_channel`` what was sent to channel or group ``name``."""
         try:
-            await self.broadcast.apublish(broker_channel, data, type=type)
+            return await self.broadcast.apublish(broker_channel, data, type=type)
         except MessageTooLarge as exc:
             raise LayerMessageTooLarge(name, exc.size, exc.limit) from None
 
@@ -223,19 +230,21 @@ class BroadcastChannelLayer(BaseChannelLayer):
         *,
         strict: bool,
         shared: bool = False,
-    ) -> None:
-        """Queue ``message`` on a local channel. A ``shared`` message (one a group's
-        members all receive) is copied when taken, so that each receiver has its own
-        and the copies live only while a consumer holds them."""
+    ) -> bool:
+        """Queue ``message`` on a local channel; return False where it was full (and
+        the message dropped), or raise ``ChannelFull`` if ``strict``. A ``shared``
+        message (one a group's members all receive) is copied when taken, so that
+        each receiver has its own and the copies live only while a consumer holds
+        them."""
         with self._lock:
             inbox = self._inbox(channel)
             if len(inbox.messages) < inbox.capacity:
                 inbox.messages.append((expires, message, shared))
                 inbox.wake_one()
-                return
+                return True
         if strict:
             raise ChannelFull(channel)
-        logger.warning("channel %r is full (capacity %d): message dropped", channel, inbox.capacity)
+        return False
 
     @staticmethod
     def _layer_channel(kind: str, name: str) -> str:
@@ -262,7 +271,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         self._groups.setdefault(group, {})[channel] = time.time()
         try:
-            await asyncio.shield(self._start_reader(group, self._route_group, strict=True).ready)
+            await asyncio.shield(
+                self._start_reader(group, self._route_broker_group, strict=True).ready
+            )
         except BaseException:
             await self.group_discard(group, channel)
             raise
@@ -282,11 +293,39 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 await reader.stop()
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Publish ``message`` on the broadcast channel ``group``."""
+        """Publish ``message`` on the broadcast channel ``group``.
+
+        The group's members in this process have it by the time this returns (or
+        not, where they are full), as with channels_redis; the copy the broker sends
+        back is not delivered again. Members elsewhere get it from the broker.
+        """
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
-        data = {key: value for key, value in message.items() if key != "type"}
-        await self._publish(group, group, encode_bytes(data), message["type"])
+        data = encode_bytes({key: value for key, value in message.items() if key != "type"})
+        reader = self._readers.get(group)
+        if not self._groups.get(group) or reader is None or reader.loop is not running_loop():
+            # No member here (or a loop of its own, such as async_to_sync's from sync
+            # code): every member gets the broker's copy.
+            await self._publish(group, group, data, message["type"])
+            return
+        # The broker's copies of this group's events wait while this send is out:
+        # the copy of this one may come back before its id is known.
+        self._sending[group] = self._sending.get(group, 0) + 1
+        try:
+            event = await self._publish(group, group, data, message["type"])
+            echoes = self._echoes
+            echoes[(group, event.id)] = None
+            if len(echoes) > _MAX_ECHOES:  # copies the broker never sent back
+                del echoes[next(iter(echoes))]
+            # Through the codec, as members elsewhere receive it.
+            codec = self.broadcast.codec
+            self._route_group(replace(event, data=codec.decode(codec.encode(data))))
+        finally:
+            self._sending[group] -= 1
+            if not self._sending[group]:
+                del self._sending[group]
+                for held in self._held.pop(group, ()):
+                    self._route_broker_group(held)
 
     # Readers -----------------------------------------------------------------------
 
@@ -298,6 +337,14 @@ class BroadcastChannelLayer(BaseChannelLayer):
         if reader is None or not reader.alive:
             reader = self._readers[name] = Reader(self, name, route, strict)
         return reader
+
+    def _route_broker_group(self, event: Event) -> None:
+        """Route a group event from the broker, unless it was routed here at send
+        (held while a send to its group is out)."""
+        if event.channel in self._sending:
+            self._held.setdefault(event.channel, []).append(event)
+        elif not self._echoes or self._echoes.pop((event.channel, event.id), True) is not None:
+            self._route_group(event)
 
     def _route_group(self, event: Event) -> None:
         group = self._groups.get(event.channel)
@@ -314,11 +361,16 @@ class BroadcastChannelLayer(BaseChannelLayer):
         members = list(group)
         message = member_message(event)
         expires = now + self.expiry
+        full = 0
         for member in members:
             if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
-                self._put(member, expires, message, strict=False, shared=True)
+                full += not self._put(member, expires, message, strict=False, shared=True)
             else:  # send() copies it
                 asyncio.get_running_loop().create_task(self._forward(member, message))
+        if full:  # as channels_redis says it
+            logger.info(
+                "%d of %d channels over capacity in group %s", full, len(members), event.channel
+            )
 
     def _release(self, group: str) -> None:
         """Stop the reader of ``group``, whose last membership expired, from its own
@@ -341,7 +393,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
         data = event.data
         if data.get("expires", 0) < time.time():
             return
-        self._put(data["to"], data["expires"], decode_bytes(data["message"]), strict=False)
+        if not self._put(data["to"], data["expires"], decode_bytes(data["message"]), strict=False):
+            logger.warning("channel %r is full: a message sent to it was dropped", data["to"])
 
     # Flush and close ---------------------------------------------------------------
 
