@@ -58,3 +58,12 @@ def test_memory_per_connection_benchmark_runs() -> None:
 
     table = memory.websocket_table(connections=3).render()
     assert "BroadcastWebsocketConsumer" in table and "anchor" in table
+
+
+def test_plain_channels_benchmark_runs() -> None:
+    from benchmarks import plain_channels
+
+    table = plain_channels.run(messages=5, rounds=1).render()
+    for case in ("BroadcastChannelLayer redis://", "redis+streams://", "channels_redis core"):
+        assert case in table
+    assert "target: redis:// >= 1x channels_redis core" in table
