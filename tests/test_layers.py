@@ -1085,3 +1085,56 @@ async def test_flush_empties_plain_channels(layer: BroadcastChannelLayer, plain:
     await layer.flush()
     await layer.send(plain, {"type": "new"})
     assert (await receive(layer, plain))["type"] == "new"
+
+
+# Codecs that carry bytes ----------------------------------------------------------------
+
+
+async def test_bytes_are_not_inflated_where_the_codec_carries_them(
+    broker: Broker, group: str
+) -> None:
+    # A megabyte of binary frames fits a 1.2 MB limit: base64 would make it 1.33 MB.
+    entry = broker.entry(
+        CODEC="django_broadcast.codec.MsgpackCodec", OPTIONS={"max_message_size": 1_200_000}
+    )
+    blob = bytes(range(256)) * 4096
+    with using(entry) as bc:
+        first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
+        try:
+            channel = await ready_channel(first)
+            await first.group_add(group, channel)
+            await second.send(channel, {"type": "websocket.send", "bytes": blob})
+            assert (await receive(first, channel))["bytes"] == blob
+            await second.group_send(group, {"type": "m", "nested": {"b": [blob]}})
+            assert (await receive(first, channel))["nested"] == {"b": [blob]}
+            await second.send("plain-bytes", {"type": "job", "bytes": blob})
+            assert (await receive(first, "plain-bytes"))["bytes"] == blob
+        finally:
+            await first.flush()
+            await second.flush()
+            await bc.aclose()
+
+
+def test_browsers_get_bytes_from_a_binary_codec_tagged() -> None:
+    from django_broadcast import Event
+    from django_broadcast.consumers.frames import sse_body, websocket_frame
+
+    event = Event("g", "m", {"bytes": b"\x00\x01"}, "1", datetime.now(timezone.utc))
+    with using({"URL": "memory://", "CODEC": "django_broadcast.codec.MsgpackCodec"}) as bc:
+        assert '"data":{"bytes":{"__bytes__":"AAE="}}' in websocket_frame(event, bc)
+        assert '"data":{"bytes":{"__bytes__":"AAE="}}' in sse_body(event, bc)
+
+
+async def test_the_msgpack_codec_refuses_what_it_cannot_carry_clearly() -> None:
+    from datetime import datetime, timezone
+
+    with using({"URL": "memory://", "CODEC": "django_broadcast.codec.MsgpackCodec"}) as bc:
+        async with bc.subscribe("c") as subscription:
+            when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+            await bc.apublish("c", {"when": when, "pair": (1, 2), "raw": b"\x00"})
+            event = await subscription.get(timeout=TIMEOUT)
+            assert event.data == {"when": "2026-01-02T00:00:00Z", "pair": [1, 2], "raw": b"\x00"}
+            with pytest.raises(ValueError, match=r"channel 'c'.*64-bit integers"):
+                await bc.apublish("c", {"n": 2**70})
+            with pytest.raises(TypeError, match=r"channel 'c'.*object"):
+                await bc.apublish("c", {"n": object()})

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from ..broadcast import Broadcast
+from ..codec import tag_bytes
 from ..events import GAP, Event
 
 __all__ = ["FrameCache", "frame_cache", "sse_body", "websocket_frame"]
@@ -74,7 +75,15 @@ def frame_cache(broadcast: Broadcast) -> FrameCache:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_tag_bytes)
+
+
+def _tag_bytes(value: object) -> object:
+    """``bytes`` (from a codec that carries them) as the channel layer tags them for
+    JSON: ``{"__bytes__": "<base64>"}``."""
+    if isinstance(value, bytes):
+        return tag_bytes(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _websocket(event: Event) -> str:

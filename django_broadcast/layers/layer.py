@@ -19,6 +19,7 @@ from channels.layers import BaseChannelLayer
 from django.core.exceptions import ImproperlyConfigured
 
 from ..broadcast import Broadcast
+from ..codec import carries_bytes
 from ..events import RESERVED_PREFIX, Event
 from ..exceptions import MessageTooLarge, QueueFull
 from ..registry import broadcasts
@@ -128,14 +129,14 @@ class BroadcastChannelLayer(BaseChannelLayer):
             if inbox in self._my_inboxes:
                 self._put(channel, expires, copy.deepcopy(message), strict=True)
                 return
-            data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
+            data = {"to": channel, "expires": expires, "message": self._outgoing(message)}
             await self._publish(channel, self._inbox_channel(inbox), data, SEND_TYPE)
             return
         self._queues.add(channel)
         try:
             await self.broadcast.aqueue_put(
                 self._queue_name(channel),
-                encode_bytes(message),
+                self._outgoing(message),
                 capacity=self.get_capacity(channel),
                 ttl=self.expiry,
             )
@@ -143,6 +144,11 @@ class BroadcastChannelLayer(BaseChannelLayer):
             raise ChannelFull(channel) from None
         except MessageTooLarge as exc:
             raise LayerMessageTooLarge(channel, exc.size, exc.limit) from None
+
+    def _outgoing(self, message: dict[str, Any]) -> Any:
+        """``message`` as the alias's codec can carry it: its ``bytes`` tagged as
+        base64 where the codec does not carry bytes itself."""
+        return message if carries_bytes(self.broadcast.codec) else encode_bytes(message)
 
     async def _publish(self, name: str, broker_channel: str, data: Any, type: str) -> Event:
         """Publish to ``broker_channel`` what was sent to channel or group ``name``."""
@@ -301,7 +307,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
-        data = encode_bytes({key: value for key, value in message.items() if key != "type"})
+        data = self._outgoing({key: value for key, value in message.items() if key != "type"})
         reader = self._readers.get(group)
         if not self._groups.get(group) or reader is None or reader.loop is not running_loop():
             # No member here (or a loop of its own, such as async_to_sync's from sync

@@ -10,19 +10,19 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from ..codec import BYTES_TAG, tag_bytes
 from ..events import Event
 
 __all__ = ["SEND_TYPE", "decode_bytes", "encode_bytes", "fresh_copy", "member_message"]
 
 #: The event type of a ``send()`` to another process's channel.
 SEND_TYPE = "channels.send"
-_BYTES = "__bytes__"
 
 
 def encode_bytes(value: Any) -> Any:
     """``value`` with every ``bytes`` inside replaced by a JSON-safe tagged dict."""
     if isinstance(value, bytes):
-        return {_BYTES: base64.b64encode(value).decode("ascii")}
+        return tag_bytes(value)
     if isinstance(value, dict):
         return {key: encode_bytes(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -34,8 +34,8 @@ def decode_bytes(value: Any) -> Any:
     """A fresh copy of ``value`` with the tagged dicts of :func:`encode_bytes` turned
     back into ``bytes``: every call builds new containers, so receivers never share."""
     if isinstance(value, dict):
-        if len(value) == 1 and isinstance(value.get(_BYTES), str):
-            return base64.b64decode(value[_BYTES])
+        if len(value) == 1 and isinstance(value.get(BYTES_TAG), str):
+            return base64.b64decode(value[BYTES_TAG])
         return {key: decode_bytes(item) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_bytes(item) for item in value]
