@@ -384,6 +384,18 @@ class _Processes:
             self.kill(port)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    @staticmethod
+    def wait_replicated(port: int) -> None:
+        """Wait until the replicas of the master on ``port`` have all it wrote."""
+
+        def replicated() -> bool:
+            info = _command(port, "INFO", "replication")
+            written = int(info.split("master_repl_offset:", 1)[1].split()[0])
+            offsets = [int(o.split(",")[0]) for o in info.split("offset=")[1:]]
+            return bool(offsets) and min(offsets) >= written
+
+        _wait(f"the replica of port {port} did not catch up", replicated, 10)
+
 
 class PrivateCluster(_Processes):
     """A Redis Cluster of three masters with a replica each, on free ports, that fails
@@ -404,8 +416,8 @@ class PrivateCluster(_Processes):
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
         )  # fmt: skip
         self.wait_healthy()
-        #: Any node: the backend discovers the others.
-        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+        #: Every node (one that answers is enough: the backend discovers the others).
+        self.url = "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
 
     def _nodes(self) -> list[dict[str, Any]]:
         """``CLUSTER NODES`` as seen by a running node."""

@@ -37,6 +37,8 @@ _NOT_RUN = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
 )
+#: Any failure of a client of redis-py (its cluster's are apart).
+_FAILED = (redis.RedisError, redis.exceptions.RedisClusterException)
 #: Redis's own limit on one value (``proto-max-bulk-len``), the hard payload limit.
 MAX_PAYLOAD = 512 * 1024 * 1024
 
@@ -140,7 +142,7 @@ class RedisBase(Backend):
         """
         try:
             client = self.topology.sync_for(args[1])
-        except redis.RedisError as exc:  # (a cluster with no node that answers)
+        except _FAILED as exc:  # (a cluster with no node that answers)
             raise self.unavailable(exc, maybe_sent=False) from exc
         try:
             return self._execute(client.connection_pool, args)
@@ -151,7 +153,7 @@ class RedisBase(Backend):
         try:
             self.topology.refresh()
             moved = self.topology.sync_for(args[1])
-        except redis.RedisError:
+        except _FAILED:
             moved = client
         if moved is client:
             self._fail(failure)
@@ -205,7 +207,7 @@ class RedisBase(Backend):
         try:
             async with _deadline(self.timeout):
                 client = await self.topology.async_for(args[1])
-        except (redis.RedisError, asyncio.TimeoutError) as exc:
+        except (*_FAILED, asyncio.TimeoutError) as exc:
             raise self.unavailable(exc, maybe_sent=False) from exc
         try:
             return await self._aexecute(client.connection_pool, args)
@@ -217,7 +219,7 @@ class RedisBase(Backend):
             async with _deadline(self.timeout):
                 await self.topology.arefresh()
                 moved = await self.topology.async_for(args[1])
-        except (redis.RedisError, asyncio.TimeoutError):
+        except (*_FAILED, asyncio.TimeoutError):
             moved = client
         if moved is client:
             self._fail(failure)
@@ -357,12 +359,15 @@ class Connection:
                             replies.append(await conn.read_response())
                         except redis.ResponseError as exc:
                             replies.append(exc)
-                return replies
             except BaseException as exc:  # cancelled too: its answers would come late
                 await self.close()
                 if isinstance(exc, (*REDIS_ERRORS, asyncio.TimeoutError)):
                     raise self.backend.unavailable(exc) from exc
                 raise
+            for reply in replies:
+                if isinstance(reply, _NOT_RUN):  # a cluster's node that cannot answer now
+                    raise self.backend.unavailable(reply)
+            return replies
 
     def require(self) -> AbstractConnection:
         """The connection, or :class:`ConnectionLost` where it is gone."""

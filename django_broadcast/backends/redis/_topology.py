@@ -144,7 +144,7 @@ class Sentinel(Server):
         path = [p for p in parts.path.split("/") if p]
         if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
             raise ValueError(
-                f"{url!r} is not a Sentinel URL: expected "
+                f"a Sentinel URL with sentinels {hosts!r} and path {parts.path!r}: expected "
                 f"'redis+sentinel://host:port[,host:port...]/service_name[/db]'"
             )
         self.sentinels: list[Address] = []
@@ -152,7 +152,8 @@ class Sentinel(Server):
             name, _, port = host.rpartition(":")
             if not name or not port.isdigit():
                 raise ValueError(
-                    f"sentinel {host!r} of {url!r} must be 'host:port', such as '127.0.0.1:26379'"
+                    f"sentinel {host!r} of a Sentinel URL must be 'host:port', such as "
+                    f"'127.0.0.1:26379'"
                 )
             self.sentinels.append((name, int(port)))
         self.service = unquote(path[0])
@@ -216,26 +217,52 @@ class Sentinel(Server):
 class Cluster(Server):
     """The master of each key's slot in a Redis Cluster (``redis+cluster://``).
 
-    URL: ``redis+cluster://[[user]:password@]host:port[/0]``, any node of the cluster
-    (the others are discovered). redis-py's cluster clients keep the slot map; the
-    commands themselves go to a plain client of the node that holds the key, so
-    that they are sent once (the backend says whether a failed one may have run).
+    URL: ``redis+cluster://[[user]:password@]host:port[,host:port...][/0]``, one node
+    or more of the cluster (the others are discovered; list several, so that the
+    backend can start while one is down). redis-py's cluster clients keep the slot
+    map; the commands themselves go to a plain client of the node that holds the
+    key, so that they are sent once (the backend says whether a failed one may have
+    run).
     """
 
     def __init__(self, url: str, kwargs: Kwargs, timeout: float) -> None:
-        super().__init__(url, kwargs, timeout)
-        self.node_kwargs = parse_url(url)
+        scheme, _, rest = url.partition("://")
+        userinfo, at, hostpath = rest.rpartition("@")
+        hosts, slash, path = hostpath.partition("/")
+        self.startup: list[Address] = []
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit():
+                raise ValueError(
+                    f"node {host!r} of a Redis Cluster URL must be 'host:port', such as "
+                    f"'127.0.0.1:7000'"
+                )
+            self.startup.append((name, int(port)))
+        first = f"{scheme}://{userinfo}{at}{hosts.split(',')[0]}{slash}{path}"
+        super().__init__(first, kwargs, timeout)
+        self.node_kwargs = parse_url(first)
         self._nodes: dict[Address, redis.Redis] = {}
         self._async_nodes: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[Address, redis.asyncio.Redis]
         ]
         self._async_nodes = weakref.WeakKeyDictionary()
 
+    def _cluster_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.node_kwargs.items() if k not in ("host", "port", "db")}
+
     def _new_sync(self) -> Any:
-        return redis.cluster.RedisCluster.from_url(self.url, **self.kwargs(self.timeout))
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in self.startup],
+            **self._cluster_kwargs(),
+            **self.kwargs(self.timeout),
+        )
 
     def _new_async(self) -> Any:
-        return redis.asyncio.cluster.RedisCluster.from_url(self.url, **self.kwargs(None))
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in self.startup],
+            **self._cluster_kwargs(),
+            **self.kwargs(None),
+        )
 
     def _node_kwargs(self, node: Address) -> dict[str, Any]:
         return {**self.node_kwargs, "host": node[0], "port": node[1]}

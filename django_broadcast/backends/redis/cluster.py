@@ -234,9 +234,9 @@ class _Sharded(Receiver):
                 part.reading = None
                 try:
                     messages.extend(task.result())
-                except ConnectionLost as exc:
+                except (ConnectionLost, redis.ResponseError) as exc:  # (CLUSTERDOWN, MOVED)
                     self.broken.add(group)
-                    lost = exc
+                    lost = exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc))
             if lost is not None:
                 # What the healthy parts brought is kept for the next read.
                 self.pending = messages
