@@ -319,7 +319,8 @@ class RedisStreamsBroker(_RedisBroker):
 # Redis Cluster and Sentinel --------------------------------------------------------------
 
 
-def _redis_binaries() -> bool:
+def reachable_binaries() -> bool:
+    """Whether redis-server and redis-cli are on PATH (to start clusters and sentinels)."""
     return bool(shutil.which("redis-server") and shutil.which("redis-cli"))
 
 
@@ -403,6 +404,15 @@ class PrivateCluster(_Processes):
 
     def __init__(self) -> None:
         super().__init__("broadcast-cluster-")
+        try:
+            self._create()
+        except BaseException:
+            self.stop()
+            raise
+        #: Every node (one that answers is enough: the backend discovers the others).
+        self.url = "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
+
+    def _create(self) -> None:
         self.ports = [free_port() for _ in range(6)]
         for port in self.ports:
             self.spawn(
@@ -416,8 +426,6 @@ class PrivateCluster(_Processes):
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
         )  # fmt: skip
         self.wait_healthy()
-        #: Every node (one that answers is enough: the backend discovers the others).
-        self.url = "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
 
     def _nodes(self) -> list[dict[str, Any]]:
         """``CLUSTER NODES`` as seen by a running node."""
@@ -494,6 +502,15 @@ class PrivateSentinel(_Processes):
 
     def __init__(self) -> None:
         super().__init__("broadcast-sentinel-")
+        try:
+            self._create()
+        except BaseException:
+            self.stop()
+            raise
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def _create(self) -> None:
         self.servers = [free_port(), free_port()]
         self.spawn(self.servers[0], "--save", "", "--appendonly", "no")
         self.spawn(self.servers[1], "--save", "", "--appendonly", "no",
@@ -511,8 +528,6 @@ class PrivateSentinel(_Processes):
                 )
             self.spawn(port, config, "--sentinel")
         _wait("the sentinels did not find each other and the replica", self._watching, 30)
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
-        self.url = f"redis+sentinel://{hosts}/{self.service}/0"
 
     def _watching(self) -> bool:
         for port in self.sentinels:
@@ -597,7 +612,7 @@ class _TopologyBroker(Broker):
         return {"prefix": PREFIX}
 
     def reachable(self) -> bool:
-        return _redis_binaries()
+        return reachable_binaries()
 
 
 class RedisClusterBroker(_TopologyBroker):
