@@ -271,9 +271,12 @@ class Cluster(Server):
         found = self.sync_client.get_node_from_key(key)
         node = (found.host, found.port)
         client = self._nodes.get(node)
-        if client is None:
-            client = self._nodes[node] = redis.Redis(
-                retry=_sync_retry(), **self._node_kwargs(node), **self.kwargs(self.timeout)
+        if client is None:  # (another thread may make one too: the first one stays)
+            client = self._nodes.setdefault(
+                node,
+                redis.Redis(
+                    retry=_sync_retry(), **self._node_kwargs(node), **self.kwargs(self.timeout)
+                ),
             )
         return client
 
