@@ -42,7 +42,7 @@ class RedisClusterBackend(RedisBackend):
     """Sharded pub/sub on a Redis Cluster (``redis+cluster://``): at-most-once, no
     history, no patterns (the cluster has no sharded ``PSUBSCRIBE``)."""
 
-    features = Features(patterns=False, id_order="publisher", max_payload=MAX_PAYLOAD)
+    features = Features(patterns=False, id_order="publisher", max_payload=MAX_PAYLOAD, queues=True)
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
