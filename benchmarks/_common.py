@@ -6,7 +6,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,33 @@ def streams_url(url: str = REDIS_URL) -> str:
     """The redis+streams:// form of a redis:// URL."""
     scheme, rest = url.split("://", 1)
     return f"{scheme}+streams://{rest}"
+
+
+@contextmanager
+def cluster_url() -> Iterator[str | None]:
+    """A ``redis+cluster://`` URL for the cluster rows: ``REDIS_CLUSTER_URL`` where it
+    is set, else a local three-master cluster started for the run (and stopped after
+    it), else None where redis-server or redis-cli is missing."""
+    given = os.environ.get("REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    from tests.brokers import PrivateCluster, reachable_binaries
+
+    if not reachable_binaries():
+        yield None
+        return
+    cluster = PrivateCluster()
+    try:
+        yield cluster.url.replace("redis://", "redis+cluster://", 1)
+    finally:
+        cluster.stop()
+
+
+#: The row that stands for the cluster rows where no cluster could be had.
+NO_CLUSTER = (
+    "redis+cluster:// skipped: set REDIS_CLUSTER_URL, or put redis-server and redis-cli on PATH"
+)
 
 
 def delete_keys(prefix: str) -> None:

@@ -11,7 +11,9 @@ so the subscribers it just made are old, as a server's long-connected ones are.
 Receivers iterate as a WebSocket or SSE consumer would (``async for`` / ``receive()``),
 without per-event timeouts.
 
-Cases: ``broadcast.subscribe`` on ``redis://`` and ``redis+streams://``; Channels layers,
+Cases: ``broadcast.subscribe`` on ``redis://``, ``redis+streams://`` and
+``redis+cluster://`` (sharded pub/sub on ``REDIS_CLUSTER_URL``, or on a local
+three-master cluster started for the run); Channels layers,
 ``BroadcastChannelLayer`` on ``redis://`` and channels_redis core and pub/sub (one
 ``new_channel()`` per consumer, all in one group, ``group_send``); encode/broadcaster
 (``Broadcast.subscribe``). broadcaster delivers nothing with redis-py 8, so it runs in
@@ -35,7 +37,17 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from ._common import REDIS_URL, Table, delete_keys, machine, setup_django, streams_url, verdict
+from ._common import (
+    NO_CLUSTER,
+    REDIS_URL,
+    Table,
+    cluster_url,
+    delete_keys,
+    machine,
+    setup_django,
+    streams_url,
+    verdict,
+)
 
 #: What encode/broadcaster is measured with (it receives nothing on redis-py 8).
 BROADCASTER_REQUIREMENTS = ["broadcaster==0.3.1", "redis==5.2.1"]
@@ -191,20 +203,41 @@ async def _broadcaster(n: int, events: int, channel: str) -> float:
     return elapsed
 
 
-def _cases(prefix: str) -> dict[str, Case]:
+def _cases(prefix: str, cluster: str | None) -> dict[str, tuple[str, Case]]:
+    """Each case and the URL of its ``bench`` alias."""
     streams = streams_url()
-    return {
-        "django_broadcast redis://": lambda n, e, c: _django_broadcast(REDIS_URL, prefix, n, e, c),
-        "django_broadcast redis+streams://": lambda n, e, c: _django_broadcast(
-            streams, prefix, n, e, c
+    cases: dict[str, tuple[str, Case]] = {
+        "django_broadcast redis://": (
+            REDIS_URL,
+            lambda n, e, c: _django_broadcast(REDIS_URL, prefix, n, e, c),
         ),
-        "django_broadcast BroadcastChannelLayer redis://": lambda n, e, c: _channels_layer(
-            "broadcast", prefix, n, e, c
+        "django_broadcast redis+streams://": (
+            streams,
+            lambda n, e, c: _django_broadcast(streams, prefix, n, e, c),
         ),
-        "channels_redis core": lambda n, e, c: _channels_layer("core", prefix, n, e, c),
-        "channels_redis pubsub": lambda n, e, c: _channels_layer("pubsub", prefix, n, e, c),
-        "encode/broadcaster 0.3.1 (redis-py 5.2.1)": lambda n, e, c: _broadcaster(n, e, prefix + c),
+        "django_broadcast BroadcastChannelLayer redis://": (
+            REDIS_URL,
+            lambda n, e, c: _channels_layer("broadcast", prefix, n, e, c),
+        ),
+        "channels_redis core": (
+            REDIS_URL,
+            lambda n, e, c: _channels_layer("core", prefix, n, e, c),
+        ),
+        "channels_redis pubsub": (
+            REDIS_URL,
+            lambda n, e, c: _channels_layer("pubsub", prefix, n, e, c),
+        ),
+        "encode/broadcaster 0.3.1 (redis-py 5.2.1)": (
+            REDIS_URL,
+            lambda n, e, c: _broadcaster(n, e, prefix + c),
+        ),
     }
+    if cluster is not None:
+        cases["django_broadcast redis+cluster://"] = (
+            cluster,
+            lambda n, e, c: _django_broadcast(cluster, prefix, n, e, c),
+        )
+    return cases
 
 
 def run(sizes: list[int], events: int, rounds: int) -> Table:
@@ -214,12 +247,19 @@ def run(sizes: list[int], events: int, rounds: int) -> Table:
     # cancelled at the end of a round; asyncio would log each one.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     setup_django()
+    with cluster_url() as cluster:
+        table = _measure(prefix, cluster, sizes, events, rounds)
+    if cluster is None:
+        table.add(NO_CLUSTER, *([""] * (len(table.columns) - 1)))
+    return table
+
+
+def _measure(prefix: str, cluster: str | None, sizes: list[int], events: int, rounds: int) -> Table:
     from django.test import override_settings
 
     results: dict[tuple[str, int], float | None] = {}
     failures: dict[tuple[str, int], str] = {}
-    for label, case in _cases(prefix).items():
-        url = streams_url() if "streams" in label else REDIS_URL
+    for label, (url, case) in _cases(prefix, cluster).items():
         aliases = {
             "default": {"URL": "memory://"},
             "bench": {"URL": url, "OPTIONS": {"prefix": prefix}},

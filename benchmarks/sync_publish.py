@@ -3,7 +3,9 @@
     python -m benchmarks.sync_publish [--events N] [--rounds R]
 
 Cases: raw redis-py PUBLISH and XADD (the floors), ``broadcast.publish`` on
-``redis://``, ``redis+streams://`` and ``memory://``, and
+``redis://``, ``redis+streams://``, ``memory://`` and ``redis+cluster://`` (sharded
+pub/sub on ``REDIS_CLUSTER_URL``, or on a local three-master cluster started for the
+run), and
 ``async_to_sync(channel_layer.group_send)`` on channels_redis's core and pub/sub
 layers (what a view pays with Channels today). Prints the median of several rounds.
 """
@@ -15,8 +17,10 @@ import uuid
 from collections.abc import Callable
 
 from ._common import (
+    NO_CLUSTER,
     REDIS_URL,
     Table,
+    cluster_url,
     delete_keys,
     interleaved_rates,
     machine,
@@ -34,16 +38,19 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
     setup_django()
     from django.test import override_settings
 
-    aliases = {
-        "default": {"URL": "memory://"},
-        "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
-        "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
-    }
-    with override_settings(BROADCAST=aliases):
-        return _run(events, rounds, anchor_events, prefix)
+    with cluster_url() as cluster:
+        aliases = {
+            "default": {"URL": "memory://"},
+            "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
+            "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
+        }
+        if cluster is not None:
+            aliases["cluster"] = {"URL": cluster, "OPTIONS": {"prefix": prefix}}
+        with override_settings(BROADCAST=aliases):
+            return _run(events, rounds, anchor_events, prefix, cluster is not None)
 
 
-def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Table:
+def _run(events: int, rounds: int, anchor_events: int | None, prefix: str, cluster: bool) -> Table:
     import redis
     from asgiref.sync import async_to_sync
 
@@ -65,6 +72,7 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
         ("pubsub", "redis://"),
         ("streams", "redis+streams://"),
         ("default", "memory://"),
+        *([("cluster", "redis+cluster://")] if cluster else []),
     ]:
         instance = broadcasts[alias]
         cases.append(
@@ -111,6 +119,8 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
             f"{rate / floor:.0%}",
             f"{rate / anchor:,.1f}x" if anchor else "-",
         )
+    if not cluster:
+        table.add(NO_CLUSTER, "", "", "", "")
     ours = results["django_broadcast publish redis://"][1]
     table.add("target: redis:// >= 80% of raw PUBLISH", "", "", verdict(ours >= 0.8 * floor), "")
     if anchor:

@@ -26,7 +26,17 @@ from django_broadcast import Broadcast
 from django_broadcast.backends import schemes
 from django_broadcast.backends.base import Features
 
-__all__ = ["BROKERS", "Broker", "PrivateRedis", "PrivateServer", "free_port"]
+__all__ = [
+    "BROKERS",
+    "Broker",
+    "PrivateCluster",
+    "PrivateRedis",
+    "PrivateSentinel",
+    "PrivateServer",
+    "free_port",
+    "shared_cluster",
+    "shared_sentinel",
+]
 
 
 def free_port() -> int:
@@ -83,6 +93,8 @@ class Broker(abc.ABC):
     name: ClassVar[str]
     #: Whether a private server can be started (and hurt).
     can_start: ClassVar[bool] = False
+    #: The test modules it runs in (None: every one).
+    suites: ClassVar[frozenset[str] | None] = None
 
     @property
     def features(self) -> Features:
@@ -304,7 +316,362 @@ class RedisStreamsBroker(_RedisBroker):
         return sum(1 for c in await self._client_list(bc) if c.get("name") == name)
 
 
+# Redis Cluster and Sentinel --------------------------------------------------------------
+
+
+def reachable_binaries() -> bool:
+    """Whether redis-server and redis-cli are on PATH (to start clusters and sentinels)."""
+    return bool(shutil.which("redis-server") and shutil.which("redis-cli"))
+
+
+def _wait(what: str, check: Any, timeout: float = 30) -> None:
+    """Poll ``check()`` until it is true, or fail saying ``what`` did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {timeout} s")
+        time.sleep(0.05)
+
+
+def _command(port: int, *args: Any) -> Any:
+    """One command to the local server on ``port``, on a connection of its own."""
+    import redis
+
+    # A bare connection: the reply as the server sent it (redis-py would parse some).
+    conn = redis.Connection(port=port, socket_timeout=5, decode_responses=True)
+    try:
+        conn.send_command(*args)
+        return conn.read_response()
+    finally:
+        conn.disconnect()
+
+
+class _Processes:
+    """redis-server processes on free ports, in one temp dir, stopped at exit."""
+
+    def __init__(self, prefix: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.args: dict[int, list[str]] = {}
+
+    def spawn(self, port: int, *args: str) -> None:
+        home = os.path.join(self.dir, str(port))
+        os.makedirs(home, exist_ok=True)
+        self.args[port] = [*args, "--port", str(port), "--bind", "127.0.0.1", "--dir", home]
+        self.start(port)
+
+    def start(self, port: int) -> None:
+        """Start the server on ``port`` (again) and return once it answers PING."""
+        self.processes[port] = subprocess.Popen(
+            ["redis-server", *self.args[port]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(f"redis-server on port {port} did not start", lambda: _command(port, "PING"), 10)
+
+    def kill(self, port: int) -> None:
+        """``kill -9`` the server on ``port``."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def wait_replicated(port: int) -> None:
+        """Wait until the replicas of the master on ``port`` have all it wrote."""
+
+        def replicated() -> bool:
+            info = _command(port, "INFO", "replication")
+            written = int(info.split("master_repl_offset:", 1)[1].split()[0])
+            offsets = [int(o.split(",")[0]) for o in info.split("offset=")[1:]]
+            return bool(offsets) and min(offsets) >= written
+
+        _wait(f"the replica of port {port} did not catch up", replicated, 10)
+
+
+class PrivateCluster(_Processes):
+    """A Redis Cluster of three masters with a replica each, on free ports, that fails
+    over fast (``cluster-node-timeout`` 1000 ms)."""
+
+    def __init__(self) -> None:
+        super().__init__("broadcast-cluster-")
+        try:
+            self._create()
+        except BaseException:
+            self.stop()
+            raise
+        #: Every node (one that answers is enough: the backend discovers the others).
+        self.url = "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
+
+    def _create(self) -> None:
+        self.ports = [free_port() for _ in range(6)]
+        for port in self.ports:
+            self.spawn(
+                port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
+            )  # fmt: skip
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        self.wait_healthy()
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        """``CLUSTER NODES`` as seen by a running node."""
+        port = next(iter(self.processes))
+        nodes = []
+        for line in _command(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            address = fields[1].split("@")[0]
+            nodes.append({
+                "port": int(address.rsplit(":", 1)[1]), "flags": set(fields[2].split(",")),
+                "slots": fields[8:],
+            })  # fmt: skip
+        return nodes
+
+    def _healthy(self) -> bool:
+        for port in self.processes:
+            if "cluster_state:ok" not in _command(port, "CLUSTER", "INFO"):
+                return False
+        nodes = self._nodes()
+        masters = [n for n in nodes if "master" in n["flags"] and n["slots"]]
+        if len(masters) != 3 or any("fail" in n["flags"] or "fail?" in n["flags"] for n in nodes):
+            return False
+        for master in masters:  # every master has a replica in sync
+            info = _command(master["port"], "INFO", "replication")
+            if "connected_slaves:1" not in info or "state=online" not in info:
+                return False
+        return True
+
+    def wait_healthy(self) -> None:
+        """Wait until every node says ``cluster_state:ok``, three masters serve the slots
+        and each has a replica in sync."""
+        _wait("the cluster did not become healthy", self._healthy, 60)
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves ``key``'s slot."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        for node in self._nodes():
+            if "master" not in node["flags"] or "fail" in node["flags"]:
+                continue
+            for spec in node["slots"]:
+                first, _, last = spec.partition("-")
+                if not first.startswith("[") and int(first) <= slot <= int(last or first):
+                    return int(node["port"])
+        raise LookupError(f"no master serves slot {slot}")
+
+    def fail_over(self, port: int) -> None:
+        """Kill the master on ``port`` and return once its replica has taken over."""
+        self.kill(port)
+
+        def promoted() -> bool:
+            for node in self._nodes():
+                if node["port"] == port:
+                    return "fail" in node["flags"] and not node["slots"]
+            return False
+
+        _wait(f"no replica took over from the master on port {port}", promoted, 30)
+        _wait("the cluster did not recover", lambda: all(
+            "cluster_state:ok" in _command(p, "CLUSTER", "INFO") for p in self.processes
+        ), 30)  # fmt: skip
+
+    def rejoin(self, port: int) -> None:
+        """Start the node on ``port`` again (it comes back as a replica) and wait until
+        the cluster is whole."""
+        self.start(port)
+        self.wait_healthy()
+
+
+class PrivateSentinel(_Processes):
+    """A master, its replica and three sentinels (quorum 2) that fail over fast."""
+
+    service = "broadcast"
+
+    def __init__(self) -> None:
+        super().__init__("broadcast-sentinel-")
+        try:
+            self._create()
+        except BaseException:
+            self.stop()
+            raise
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def _create(self) -> None:
+        self.servers = [free_port(), free_port()]
+        self.spawn(self.servers[0], "--save", "", "--appendonly", "no")
+        self.spawn(self.servers[1], "--save", "", "--appendonly", "no",
+                   "--replicaof", "127.0.0.1", str(self.servers[0]))  # fmt: skip
+        _wait("the replica did not sync", lambda: "state=online" in _command(
+            self.servers[0], "INFO", "replication"))  # fmt: skip
+        self.sentinels = [free_port() for _ in range(3)]
+        for port in self.sentinels:
+            config = os.path.join(self.dir, f"sentinel-{port}.conf")
+            with open(config, "w") as file:
+                file.write(
+                    f"sentinel monitor {self.service} 127.0.0.1 {self.servers[0]} 2\n"
+                    f"sentinel down-after-milliseconds {self.service} 1000\n"
+                    f"sentinel failover-timeout {self.service} 3000\n"
+                )
+            self.spawn(port, config, "--sentinel")
+        _wait("the sentinels did not find each other and the replica", self._watching, 30)
+
+    def _watching(self) -> bool:
+        for port in self.sentinels:
+            state = _sentinel_master(port, self.service)
+            if state.get("num-other-sentinels") != "2" or state.get("num-slaves") != "1":
+                return False
+        return True
+
+    def master(self) -> int:
+        """The port of the master, as the sentinels say."""
+        _, port = _command(self.sentinels[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(port)
+
+    def fail_over(self) -> int:
+        """Kill the master and return, with the new master's port, once every sentinel
+        names the replica and it accepts writes."""
+        old = self.master()
+        self.kill(old)
+        new = next(p for p in self.servers if p != old)
+
+        def switched() -> bool:
+            return all(
+                int(_command(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]) == new
+                for s in self.sentinels
+            ) and "role:master" in _command(new, "INFO", "replication")
+
+        _wait("the sentinels did not promote the replica", switched, 30)
+        return new
+
+    def rejoin(self, port: int) -> None:
+        """Start the old master on ``port`` again: the sentinels make it a replica of the
+        new master; return once it is in sync."""
+        self.start(port)
+        master = next(p for p in self.servers if p != port)
+        _wait("the old master did not rejoin as a replica", lambda: "state=online" in _command(
+            master, "INFO", "replication"), 60)  # fmt: skip
+        _wait("the sentinels did not see the replica", self._watching, 30)
+
+
+def _sentinel_master(port: int, service: str) -> dict[str, str]:
+    reply = _command(port, "SENTINEL", "MASTER", service)
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    return {str(reply[i]): str(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
+_shared: dict[str, Any] = {}
+
+
+def shared_cluster() -> PrivateCluster:
+    """The cluster of this test session, started at first use, stopped at exit."""
+    if "cluster" not in _shared:
+        import atexit
+
+        cluster = _shared["cluster"] = PrivateCluster()
+        atexit.register(cluster.stop)
+    found: PrivateCluster = _shared["cluster"]
+    return found
+
+
+def shared_sentinel() -> PrivateSentinel:
+    """The Sentinel set of this test session, started at first use, stopped at exit."""
+    if "sentinel" not in _shared:
+        import atexit
+
+        sentinel = _shared["sentinel"] = PrivateSentinel()
+        atexit.register(sentinel.stop)
+    found: PrivateSentinel = _shared["sentinel"]
+    return found
+
+
+class _TopologyBroker(Broker):
+    """A Redis Cluster or Sentinel set the session starts (once, at first use)."""
+
+    #: The test modules it runs in: the contract's suites (a cluster is slow to start
+    #: and the rest of the suite tests one server's behaviour).
+    suites: ClassVar[frozenset[str] | None] = frozenset(
+        {"tests.test_conformance", "tests.test_layers", "tests.test_redis_topologies"}
+    )
+
+    def default_options(self) -> dict[str, Any]:
+        return {"prefix": PREFIX}
+
+    def reachable(self) -> bool:
+        return reachable_binaries()
+
+
+class RedisClusterBroker(_TopologyBroker):
+    name = "redis+cluster"
+
+    def url(self) -> str:
+        return shared_cluster().url.replace("redis://", f"{self.name}://", 1)
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        key = bc.backend.key(channel)  # type: ignore[attr-defined]
+        port = shared_cluster().master_of(key)
+        [_, count] = _command(port, "PUBSUB", "SHARDNUMSUB", key)
+        return int(count)
+
+
+class RedisClusterStreamsBroker(RedisClusterBroker):
+    name = "redis+cluster+streams"
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        # One named XREAD connection per slot with channels: count them on the
+        # channel's master.
+        key = bc.backend.key(channel)  # type: ignore[attr-defined]
+        port = shared_cluster().master_of(key)
+        name = bc.backend.connection_name("streams")  # type: ignore[attr-defined]
+        clients = _command(port, "CLIENT", "LIST").splitlines()
+        return sum(1 for line in clients if f" name={name} " in f" {line} ")
+
+
+class RedisSentinelBroker(_TopologyBroker):
+    name = "redis+sentinel"
+
+    def url(self) -> str:
+        return shared_sentinel().url.replace("redis+sentinel://", f"{self.name}://", 1)
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        key = bc.backend.key(channel)  # type: ignore[attr-defined]
+        [_, count] = _command(shared_sentinel().master(), "PUBSUB", "NUMSUB", key)
+        return int(count)
+
+
+class RedisSentinelStreamsBroker(RedisSentinelBroker):
+    name = "redis+sentinel+streams"
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        name = bc.backend.connection_name("streams")  # type: ignore[attr-defined]
+        clients = _command(shared_sentinel().master(), "CLIENT", "LIST").splitlines()
+        return sum(1 for line in clients if f" name={name} " in f" {line} ")
+
+
 #: Every broker the suite runs against, by name.
 BROKERS: dict[str, Broker] = {
-    broker.name: broker for broker in (MemoryBroker(), RedisPubSubBroker(), RedisStreamsBroker())
+    broker.name: broker
+    for broker in (
+        MemoryBroker(),
+        RedisPubSubBroker(),
+        RedisStreamsBroker(),
+        RedisClusterBroker(),
+        RedisClusterStreamsBroker(),
+        RedisSentinelBroker(),
+        RedisSentinelStreamsBroker(),
+    )
 }

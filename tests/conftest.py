@@ -80,10 +80,12 @@ def _wanted(metafunc: pytest.Metafunc) -> list[Broker]:
     for marker in metafunc.definition.iter_markers("features"):
         names.update(marker.args)
         values.update(marker.kwargs)
+    module = metafunc.module.__name__
     return [
         broker
         for broker in BROKERS.values()
-        if all(getattr(broker.features, name) for name in names)
+        if (broker.suites is None or module in broker.suites)
+        and all(getattr(broker.features, name) for name in names)
         and all(getattr(broker.features, name) == value for name, value in values.items())
     ]
 

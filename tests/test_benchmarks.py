@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import pytest
 
+from .brokers import reachable_binaries, shared_cluster
 from .conftest import REDIS_URL, require_broker
 
 
 @pytest.fixture(autouse=True)
-def _redis() -> None:
+def _redis(monkeypatch: pytest.MonkeyPatch) -> None:
     require_broker("redis", REDIS_URL)
+    if reachable_binaries():  # the cluster rows run on the session's cluster
+        url = shared_cluster().url.replace("redis://", "redis+cluster://", 1)
+        monkeypatch.setenv("REDIS_CLUSTER_URL", url)
 
 
 def test_sync_publish_benchmark_runs() -> None:
@@ -23,6 +27,7 @@ def test_sync_publish_benchmark_runs() -> None:
         "redis-py PUBLISH",
         "publish redis://",
         "publish redis+streams://",
+        "publish redis+cluster://",
         "channels_redis",
     ):
         assert case in table
@@ -36,12 +41,15 @@ def test_fanout_benchmark_runs() -> None:
     for case in (
         "redis://",
         "redis+streams://",
+        "redis+cluster://",
         "BroadcastChannelLayer",
         "channels_redis pubsub",
         "encode/broadcaster",
     ):
         assert case in table
     assert "failed" not in table.split("channels_redis core")[0]
+    [cluster] = [line for line in table.splitlines() if "redis+cluster://" in line]
+    assert "failed" not in cluster
     assert "target: redis:// >= 5x channels_redis pubsub" in table
 
 

@@ -121,3 +121,10 @@ for _name in ("redis", "rediss"):
         f"{_name}+streams", "django_broadcast.backends.redis.RedisStreamsBackend",
         _EXTRA.format("redis"),
     )  # fmt: skip
+for _name, _backend in (
+    ("redis+sentinel", "redis.RedisBackend"),
+    ("redis+sentinel+streams", "redis.RedisStreamsBackend"),
+    ("redis+cluster", "redis.RedisClusterBackend"),
+    ("redis+cluster+streams", "redis.RedisClusterStreamsBackend"),
+):
+    register(_name, f"django_broadcast.backends.{_backend}", _EXTRA.format("redis"))

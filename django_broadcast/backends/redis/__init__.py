@@ -1,4 +1,7 @@
-"""Redis backends: pub/sub (``redis://``) and Streams (``redis+streams://``).
+"""Redis backends: pub/sub (``redis://``) and Streams (``redis+streams://``), on one
+server, on the master a Sentinel quorum names (``redis+sentinel://``,
+``redis+sentinel+streams://``) or on a Redis Cluster (``redis+cluster://`` with sharded
+pub/sub, ``redis+cluster+streams://``; see :mod:`.cluster`).
 
 Both publish from sync code through one connection pool per process (no event loop,
 thread or connection per call) and from async code through one pool per event loop,
@@ -44,7 +47,14 @@ OPTIONS: ``prefix`` (prepended to every Redis channel or key, default
 """
 
 from ._client import safe_url
+from .cluster import RedisClusterBackend, RedisClusterStreamsBackend
 from .pubsub import RedisBackend
 from .streams import RedisStreamsBackend
 
-__all__ = ["RedisBackend", "RedisStreamsBackend", "safe_url"]
+__all__ = [
+    "RedisBackend",
+    "RedisClusterBackend",
+    "RedisClusterStreamsBackend",
+    "RedisStreamsBackend",
+    "safe_url",
+]

@@ -8,27 +8,37 @@ import asyncio
 import contextlib
 import re
 import select
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.connection import async_timeout as _deadline  # asyncio's or async-timeout's
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from ..._loops import at_close
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, ConnectionLost
+from ._topology import Address, Server, topology
 
 T = TypeVar("T")
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: Errors that mean the broker cannot be reached (a cluster's: no node answers for a
+#: slot, or none at all).
+REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
+#: Answers of a cluster that say the command was not run: ask elsewhere, or later.
+_NOT_RUN = (
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+#: Any failure of a client of redis-py (its cluster's are apart).
+_FAILED = (redis.RedisError, redis.exceptions.RedisClusterException)
 #: Redis's own limit on one value (``proto-max-bulk-len``), the hard payload limit.
 MAX_PAYLOAD = 512 * 1024 * 1024
 
@@ -53,18 +63,17 @@ class RedisBase(Backend):
 
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         super().__init__(location, options, timeout=timeout)
-        scheme, sep, rest = location.partition("://")
+        scheme, _, _ = location.partition("://")
+        #: Where commands go: one server, a Sentinel's master or a Cluster's nodes.
+        self.topology: Server = topology(scheme, location, self._client_kwargs, timeout)
         #: The redis-py URL (``redis+streams://`` becomes ``redis://``).
-        self.url = scheme.split("+", 1)[0] + sep + rest
+        self.url = self.topology.url
         self.prefix: str = self.options.get("prefix", "broadcast:")
         self._safe_url = safe_url(self.url)
-        self._sync: redis.Redis | None = None
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]
-        self._async = weakref.WeakKeyDictionary()
 
     # Clients ---------------------------------------------------------------------
 
-    def _client_kwargs(self, *, socket_timeout: float | None) -> dict[str, Any]:
+    def _client_kwargs(self, socket_timeout: float | None) -> dict[str, Any]:
         return {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": self.timeout,
@@ -73,57 +82,30 @@ class RedisBase(Backend):
         }
 
     @property
-    def sync_client(self) -> redis.Redis:
+    def sync_client(self) -> Any:
         """The process's sync client; its pool is shared by every thread."""
-        client = self._sync
-        if client is None:
-            client = self._sync = redis.Redis.from_url(
-                self.url,
-                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                **self._client_kwargs(socket_timeout=self.timeout),
-            )
-        return client
+        return self.topology.sync_client
 
-    def async_client(self) -> redis.asyncio.Redis:
+    def async_client(self) -> Any:
         """The running event loop's asyncio client.
 
         Its sockets have no read or write timeout: each exchange is bounded by
         ``_deadline`` instead (see :class:`Connection` for why).
         """
-        loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
-        if client is None:
-            client = self._async[loop] = redis.asyncio.Redis.from_url(
-                self.url,
-                retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                **self._client_kwargs(socket_timeout=None),
-            )
-            at_close(loop, partial(self._release, loop, client))
-        return client
-
-    async def _release(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
-        """Close the client of ``loop``, which is closing."""
-        if self._async.get(loop) is client:
-            del self._async[loop]
-        await client.aclose()
+        return self.topology.async_client()
 
     def connection_name(self, role: str) -> str:
         """The ``CLIENT SETNAME`` of a receiving connection, for ``CLIENT LIST``."""
         return re.sub(r"\s", "_", f"django_broadcast:{role}:{self.prefix}")
 
-    def make_connection(self, role: str) -> AbstractConnection:
-        """A new, unconnected asyncio connection for a receiver; never auto-retried.
+    def make_connection(self, role: str, node: Address | None = None) -> AbstractConnection:
+        """A new, unconnected asyncio connection for a receiver (to ``node`` of a
+        cluster); never auto-retried.
 
         Its socket has no read or write timeout: a receiver bounds each exchange
         itself (see :class:`Connection`).
         """
-        pool = redis.asyncio.ConnectionPool.from_url(
-            self.url,
-            client_name=self.connection_name(role),
-            retry=AsyncRetry(NoBackoff(), 0),
-            **self._client_kwargs(socket_timeout=None),
-        )
-        return pool.make_connection()
+        return self.topology.make_connection(self.connection_name(role), node)
 
     def unavailable(
         self, exc: BaseException, *, maybe_sent: bool | None = None
@@ -146,15 +128,47 @@ class RedisBase(Backend):
         )
 
     def execute(self, *args: Any) -> Any:
-        """Run one command from sync code on a pooled connection and return its reply.
+        """Run one command (its key second) from sync code on a pooled connection of
+        the server that holds the key, and return its reply.
 
         Raise :class:`BroadcastUnavailable` where the broker cannot be reached or does
         not answer within TIMEOUT, with ``maybe_sent`` False where the command was
         certainly not run (no connection, or it broke before the whole command was
         written; a pooled connection found broken so is replaced once, at once) and
-        True once it was written (the broker may run it late).
+        True once it was written (the broker may run it late). Where the command was
+        certainly not run and the key may have moved (a cluster answered MOVED, or
+        its node is gone), the topology is refreshed and the command sent once to the
+        key's new node, if it has one.
         """
-        pool = self.sync_client.connection_pool
+        try:
+            client = self.topology.sync_for(args[1])
+        except _FAILED as exc:  # (a cluster with no node that answers)
+            raise self.unavailable(exc, maybe_sent=False) from exc
+        try:
+            return self._execute(client.connection_pool, args)
+        except (*_NOT_RUN, BroadcastUnavailable) as exc:
+            if isinstance(exc, BroadcastUnavailable) and exc.maybe_sent:
+                raise
+            failure = exc
+        try:
+            self.topology.refresh()
+            moved = self.topology.sync_for(args[1])
+        except _FAILED:
+            moved = client
+        if moved is client:
+            self._fail(failure)
+        try:
+            return self._execute(moved.connection_pool, args)
+        except _NOT_RUN as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Raise for a command certainly not run."""
+        if isinstance(exc, BroadcastUnavailable):
+            raise exc
+        raise self.unavailable(exc, maybe_sent=False) from exc
+
+    def _execute(self, pool: Any, args: tuple[Any, ...]) -> Any:
         retried = False
         while True:
             try:
@@ -190,7 +204,31 @@ class RedisBase(Backend):
         (asyncio flushes what it buffered when the connection closes): it counts as
         maybe sent.
         """
-        pool = self.async_client().connection_pool
+        try:
+            async with _deadline(self.timeout):
+                client = await self.topology.async_for(args[1])
+        except (*_FAILED, asyncio.TimeoutError) as exc:
+            raise self.unavailable(exc, maybe_sent=False) from exc
+        try:
+            return await self._aexecute(client.connection_pool, args)
+        except (*_NOT_RUN, BroadcastUnavailable) as exc:
+            if isinstance(exc, BroadcastUnavailable) and exc.maybe_sent:
+                raise
+            failure = exc
+        try:
+            async with _deadline(self.timeout):
+                await self.topology.arefresh()
+                moved = await self.topology.async_for(args[1])
+        except (*_FAILED, asyncio.TimeoutError):
+            moved = client
+        if moved is client:
+            self._fail(failure)
+        try:
+            return await self._aexecute(moved.connection_pool, args)
+        except _NOT_RUN as exc:
+            self._fail(exc)
+
+    async def _aexecute(self, pool: Any, args: tuple[Any, ...]) -> Any:
         retried = False
         while True:
             try:
@@ -240,19 +278,19 @@ class RedisBase(Backend):
         """The Redis channel or key of ``channel``."""
         return self.prefix + channel
 
+    def channel_of(self, key: bytes) -> str:
+        """The channel of a Redis channel or key (the inverse of :meth:`key`)."""
+        return key[len(self.prefix) :].decode()
+
     # Lifetime --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Disconnect the sync pool."""
-        client, self._sync = self._sync, None
-        if client is not None:
-            client.close()
+        """Disconnect the sync pools."""
+        self.topology.close()
 
     async def aclose(self) -> None:
-        """Close the running loop's asyncio client, then the sync pool."""
-        client = self._async.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the running loop's asyncio clients, then the sync pools."""
+        await self.topology.aclose()
         self.close()
 
 
@@ -279,14 +317,15 @@ class Connection:
     swallow the cancellation of the task (the hub cancels its listener).
     """
 
-    def __init__(self, backend: RedisBase, role: str) -> None:
+    def __init__(self, backend: RedisBase, role: str, node: Address | None = None) -> None:
         self.backend = backend
         self.role = role
+        self.node = node  # a cluster's node, or None for the one server
         self.conn: AbstractConnection | None = None
         self.lock = asyncio.Lock()  # one command and its answer at a time
 
     async def connect(self) -> AbstractConnection:
-        conn = self.backend.make_connection(self.role)
+        conn = self.backend.make_connection(self.role, self.node)
         try:
             async with _deadline(self.backend.timeout):
                 await conn.connect()
@@ -320,12 +359,15 @@ class Connection:
                             replies.append(await conn.read_response())
                         except redis.ResponseError as exc:
                             replies.append(exc)
-                return replies
             except BaseException as exc:  # cancelled too: its answers would come late
                 await self.close()
                 if isinstance(exc, (*REDIS_ERRORS, asyncio.TimeoutError)):
                     raise self.backend.unavailable(exc) from exc
                 raise
+            for reply in replies:
+                if isinstance(reply, _NOT_RUN):  # a cluster's node that cannot answer now
+                    raise self.backend.unavailable(reply)
+            return replies
 
     def require(self) -> AbstractConnection:
         """The connection, or :class:`ConnectionLost` where it is gone."""

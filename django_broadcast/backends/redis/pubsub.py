@@ -9,12 +9,13 @@ import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio.connection import async_timeout as _deadline  # asyncio's or async-timeout's
 
 from ..base import ConnectionLost, Features, Message, Receiver
 from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection
+from ._topology import Address
 from .queues import RedisQueues
 
 __all__ = ["RedisBackend"]
@@ -74,9 +75,17 @@ class _PubSubReceiver(Receiver):
     its own. Patterns alike, with PSUBSCRIBE.
     """
 
-    def __init__(self, backend: RedisBackend) -> None:
+    #: Per kind of subscription: its command, its confirmation and its undoing.
+    kinds: ClassVar[Mapping[str, tuple[str, bytes, str]]] = _KINDS
+    #: The kind of reply that carries a message of a channel.
+    message_kind: ClassVar[bytes] = b"message"
+    #: Whether one command may subscribe many channels (not across a cluster's slots).
+    many_per_command: ClassVar[bool] = True
+
+    def __init__(self, backend: RedisBackend, node: Address | None = None) -> None:
         self.backend = backend
-        self.link = Connection(backend, "pubsub")
+        self.link = Connection(backend, "pubsub", node)
+        self.confirmations = {confirm: kind for kind, (_, confirm, _) in self.kinds.items()}
         self.channels: set[str] = set()
         self.patterns: dict[bytes, str] = {}  # Redis glob -> pattern
         # (kind, key) -> SUBSCRIBEs not yet confirmed; and who waits for which.
@@ -96,7 +105,7 @@ class _PubSubReceiver(Receiver):
         self.patterns[key] = pattern
 
     async def _subscribe(self, kind: str, key: bytes) -> None:
-        command, _, undo = _KINDS[kind]
+        command, _, undo = self.kinds[kind]
         future = asyncio.get_running_loop().create_future()
         token = (kind, key)
         try:
@@ -125,7 +134,7 @@ class _PubSubReceiver(Receiver):
 
     async def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
-        await self._undo("UNSUBSCRIBE", self.backend.key(channel))
+        await self._undo(self.kinds["channel"][2], self.backend.key(channel))
 
     async def punsubscribe(self, pattern: str) -> None:
         key = self.backend.pattern_key(pattern)
@@ -158,7 +167,7 @@ class _PubSubReceiver(Receiver):
 
     def _handle(self, reply: Any, prefix_length: int, messages: list[Message]) -> None:
         kind = reply[0]
-        if kind == b"message":
+        if kind == self.message_kind:
             frame: bytes = reply[2]
             event_id, _, payload = frame.partition(b"\n")
             channel = reply[1][prefix_length:].decode()
@@ -170,10 +179,8 @@ class _PubSubReceiver(Receiver):
             event_id, _, payload = reply[3].partition(b"\n")
             channel = reply[2][prefix_length:].decode()
             messages.append(Message(channel, event_id.decode(), payload, pattern=pattern))
-        elif kind == b"subscribe":
-            self._confirmed(("channel", reply[1]))
-        elif kind == b"psubscribe":
-            self._confirmed(("pattern", reply[1]))
+        elif kind in self.confirmations:
+            self._confirmed((self.confirmations[kind], reply[1]))
 
     def _confirmed(self, token: tuple[str, bytes]) -> None:
         left = self.unconfirmed.get(token, 0) - 1
@@ -197,15 +204,19 @@ class _PubSubReceiver(Receiver):
         await self.link.close()
         self.unconfirmed.clear()  # counted per connection
         conn = await self.link.connect()
-        for command, keys in (
-            ("SUBSCRIBE", [self.backend.key(c) for c in sorted(self.channels)]),
-            ("PSUBSCRIBE", sorted(self.patterns)),
+        for kind, keys in (
+            ("channel", [self.backend.key(c) for c in sorted(self.channels)]),
+            ("pattern", sorted(self.patterns)),
         ):
             if not keys:
                 continue
+            command = self.kinds[kind][0]
+            groups = [keys] if self.many_per_command else [[key] for key in keys]
             try:
                 async with _deadline(self.backend.timeout):
-                    await conn.send_command(command, *keys)
+                    await conn.send_packed_command(
+                        conn.pack_commands([(command, *group) for group in groups])
+                    )
                     for _ in keys:  # one confirmation each, before any message
                         await conn.read_response()
             except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:

@@ -57,8 +57,8 @@ class RedisQueues(RedisBase):
     async def aqueue_put(
         self, queue: str, payload: bytes, *, capacity: int, expires: float
     ) -> bool:
-        """Run the put script on the running loop's client."""
-        client = self.async_client()
+        """Run the put script on the running loop's client (of the queue's node)."""
+        client = await self.acall(self.topology.async_for(self.queue_key(queue)))
         if self._put_script is None:
             self._put_script = client.register_script(_PUT)
         frame = f"{expires:.6f}\n".encode() + payload
@@ -100,7 +100,7 @@ class RedisQueues(RedisBase):
 
 async def _blpop(backend: RedisQueues, key: str, timeout: float) -> bytes | None:
     # Redis answers by ``timeout``; TIMEOUT more is for a server that does not.
-    client = backend.async_client()
+    client = await backend.acall(backend.topology.async_for(key))
     reply = await backend.acall(client.blpop([key], timeout=timeout), waits=timeout)
     if reply is None:
         return None

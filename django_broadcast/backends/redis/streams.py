@@ -14,6 +14,7 @@ import redis.asyncio
 from ...exceptions import BroadcastUnavailable
 from ..base import ConnectionLost, Features, HistoryPage, Message, Receiver
 from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection
+from ._topology import Address
 from .queues import RedisQueues
 
 __all__ = ["RedisStreamsBackend"]
@@ -131,7 +132,8 @@ class RedisStreamsBackend(RedisQueues):
         commands = self._history_commands(channel, limit, since)
 
         def run() -> list[Any]:
-            with self.sync_client.pipeline(transaction=True) as pipe:
+            client = self.topology.sync_for(self.key(channel))
+            with client.pipeline(transaction=True) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
                 return pipe.execute(raise_on_error=False)
@@ -141,7 +143,8 @@ class RedisStreamsBackend(RedisQueues):
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """:meth:`history` from async code."""
         commands = self._history_commands(channel, limit, since)
-        async with self.async_client().pipeline(transaction=True) as pipe:
+        client = await self.acall(self.topology.async_for(self.key(channel)))
+        async with client.pipeline(transaction=True) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
             replies = await self.acall(pipe.execute(raise_on_error=False))
@@ -216,10 +219,10 @@ class _StreamsReceiver(Receiver):
     :func:`_gap`); a channel where it does not gets a gap message before its messages.
     """
 
-    def __init__(self, backend: RedisStreamsBackend) -> None:
+    def __init__(self, backend: RedisStreamsBackend, node: Address | None = None) -> None:
         self.backend = backend
-        self.link = Connection(backend, "streams")
-        self.control = Connection(backend, "control")  # connects on its first command
+        self.link = Connection(backend, "streams", node)
+        self.control = Connection(backend, "control", node)  # connects on its first command
         self.positions: dict[str, str] = {}  # channel -> last id read
         self.reported: set[str] = set()  # channels whose gap reconnect() reported
         self.reader_id: int | None = None
@@ -306,10 +309,9 @@ class _StreamsReceiver(Receiver):
 
     def _batch(self, reply: Any) -> list[tuple[str, str, Any]]:
         """``(channel, previous position, entries)`` of each subscribed channel."""
-        prefix_length = len(self.backend.prefix)
         batch = []
         for key, entries in reply:
-            channel = key[prefix_length:].decode()
+            channel = self.backend.channel_of(key)
             position = self.positions.get(channel)
             if position is not None and entries:  # else unsubscribed meanwhile
                 batch.append((channel, position, entries))
