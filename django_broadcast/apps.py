@@ -13,7 +13,8 @@ class BroadcastConfig(AppConfig):
     verbose_name = "Broadcast"
 
     def ready(self) -> None:
-        from .checks import check_clients, check_settings
+        from .checks import check_clients, check_layers, check_settings
 
         checks.register(check_settings)
         checks.register(check_clients)
+        checks.register(check_layers)

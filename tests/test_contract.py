@@ -13,7 +13,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from django_broadcast import GAP, SubscriptionClosed
+from django_broadcast import GAP, BroadcastError, SubscriptionClosed
 from django_broadcast.backends import schemes
 from django_broadcast.backends.base import Features
 
@@ -64,6 +64,10 @@ def third_party(tmp_path: Path) -> Iterator[Path]:
         "from django_broadcast.backends.memory import MemoryBackend\n"
         "class LoopbackBackend(MemoryBackend):\n"
         "    '''The memory backend under another name.'''\n"
+        "import dataclasses\n"
+        "class NoQueuesBackend(MemoryBackend):\n"
+        "    '''The memory backend without queues.'''\n"
+        "    features = dataclasses.replace(MemoryBackend.features, queues=False)\n"
     )
     info = tmp_path / "thirdparty_broadcast-1.0.dist-info"
     info.mkdir()
@@ -73,6 +77,7 @@ def third_party(tmp_path: Path) -> Iterator[Path]:
     (info / "entry_points.txt").write_text(
         "[django_broadcast.schemes]\n"
         "loopback = thirdparty_broadcast:LoopbackBackend\n"
+        "noqueues = thirdparty_broadcast:NoQueuesBackend\n"
         "missing = thirdparty_broadcast.driverless:Backend\n"
     )
     sys.path.insert(0, str(tmp_path))
@@ -126,4 +131,33 @@ async def test_open_can_wait_for_the_broker(private_redis: PrivateRedis, channel
         sent = await bc.apublish(channel, "hello")
         assert (await subscription.get(timeout=TIMEOUT)).id == sent.id
         await subscription.aclose()
+        await bc.aclose()
+
+
+def test_a_layer_on_a_backend_without_queues_is_a_startup_warning(third_party: Path) -> None:
+    layers = {
+        "default": {
+            "BACKEND": "django_broadcast.layers.BroadcastChannelLayer",
+            "CONFIG": {"using": "events"},
+        }
+    }
+    aliases = {"default": {"URL": "memory://"}, "events": {"URL": "noqueues://"}}
+    with override_settings(BROADCAST=aliases, CHANNEL_LAYERS=layers):
+        [warning] = [m for m in run_checks() if m.id == "django_broadcast.W002"]
+    assert "CHANNEL_LAYERS['default']" in warning.msg
+    assert "BROADCAST['events']" in warning.msg and "no queues" in warning.msg
+    assert "runworker" in warning.msg
+    assert "memory://" in (warning.hint or "")
+    layers = {"default": {"BACKEND": "django_broadcast.layers.BroadcastChannelLayer"}}
+    with override_settings(BROADCAST={"default": {"URL": "memory://"}}, CHANNEL_LAYERS=layers):
+        assert not [m for m in run_checks() if m.id == "django_broadcast.W002"]
+
+
+async def test_a_plain_channel_on_a_backend_without_queues_says_so(third_party: Path) -> None:
+    from django_broadcast.layers import BroadcastChannelLayer
+
+    with using({"URL": "noqueues://"}) as bc:
+        layer = BroadcastChannelLayer()
+        with pytest.raises(BroadcastError, match="has no queues: use a backend that has"):
+            await layer.send("thumbnails", {"type": "job"})
         await bc.aclose()
