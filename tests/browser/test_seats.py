@@ -1,0 +1,68 @@
+"""The example's seat map in two browsers: a seat taken in one greys out in the
+other, and when both click the same free seat at once the database picks one."""
+
+from __future__ import annotations
+
+from playwright.sync_api import Page, expect
+
+from .conftest import demo_on
+from .live import WAIT, Browsing, DemoServer
+
+pytestmark = demo_on("memory", "redis")
+
+
+def seat_map(browsing: Browsing) -> Page:
+    """An anonymous seat map (a session of its own), live."""
+    page = browsing.page(path="/seats/")
+    expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=WAIT)
+    return page
+
+
+def test_a_taken_seat_greys_out_elsewhere(demo: DemoServer, browsing: Browsing) -> None:
+    one, other = seat_map(browsing), seat_map(browsing)
+    for page in (one, other):
+        page.evaluate("window.notReloaded = true")
+        expect(page.locator("button.seat[data-seat=A1]")).to_have_attribute(
+            "data-state", "free", timeout=WAIT
+        )
+
+    one.click("button.seat[data-seat=A1]")
+    expect(one.locator("button.seat[data-seat=A1]")).to_have_attribute(
+        "data-state", "mine", timeout=WAIT
+    )
+    expect(other.locator("button.seat[data-seat=A1]")).to_have_attribute(
+        "data-state", "taken", timeout=WAIT
+    )
+
+    one.click("button.seat[data-seat=A1]")  # given back
+    expect(other.locator("button.seat[data-seat=A1]")).to_have_attribute(
+        "data-state", "free", timeout=WAIT
+    )
+    for page in (one, other):
+        assert page.evaluate("window.notReloaded") is True
+
+
+def test_the_database_decides_a_race(demo: DemoServer, browsing: Browsing) -> None:
+    pages = [seat_map(browsing), seat_map(browsing)]
+    # The loser's POST is answered 409 Conflict (and its page says why).
+    browsing.allow(r"HTTP 409: POST .*/seats/B2/", r"status of 409 \(Conflict\)")
+    # Both click B2 at the same moment (one clock: both pages run on this machine).
+    at = pages[0].evaluate("Date.now() + 500")
+    for page in pages:
+        page.evaluate(
+            """(at) => setTimeout(
+                 () => document.querySelector("button.seat[data-seat=B2]").click(),
+                 at - Date.now())""",
+            at,
+        )
+    for page in pages:
+        expect(page.locator("button.seat[data-seat=B2]")).not_to_have_attribute(
+            "data-state", "free", timeout=WAIT
+        )
+    states = [p.locator("button.seat[data-seat=B2]").get_attribute("data-state") for p in pages]
+    assert sorted(states) == ["mine", "taken"]  # type: ignore[type-var]
+    loser = pages[states.index("taken")]
+    expect(loser.locator("#notice")).to_be_visible(timeout=WAIT)
+    served = demo.output()
+    assert served.count('"POST /seats/B2/" 200 ') == 1, served[-3000:]
+    assert served.count('"POST /seats/B2/" 409 ') == 1, served[-3000:]
