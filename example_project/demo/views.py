@@ -153,10 +153,8 @@ def seat_state(request: HttpRequest) -> JsonResponse:
 
 def _answer(request: HttpRequest, ok: bool, message: str) -> HttpResponse:
     if request.headers.get("X-Requested-With") == "fetch":
-        return JsonResponse(
-            {"ok": ok, "message": message, "holder": seat_holder(request)},
-            status=200 if ok else 409,
-        )
+        # Always 200: a lost race is an answer, not an error in the browser's console.
+        return JsonResponse({"ok": ok, "message": message, "holder": seat_holder(request)})
     (messages.success if ok else messages.error)(request, message)
     return redirect("seats")
 
