@@ -83,6 +83,8 @@ class DemoServer(Server):
             "BROADCAST_URL": url,
             "BROADCAST_PREFIX": f"{PREFIX}demo:{uuid.uuid4().hex[:8]}:",
             "DEMO_HEARTBEAT": str(heartbeat),
+            # Its access log reaches the file line by line, even if it is killed.
+            "PYTHONUNBUFFERED": "1",
         }
         #: Each user's session key, once :meth:`setup` made them.
         self.sessions: dict[str, str] = {}

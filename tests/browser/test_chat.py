@@ -26,11 +26,15 @@ def join(browsing: Browsing, room: str, user: str | None = None, name: str = "")
 
 
 def say(page: Page, text: str) -> None:
-    """Send ``text`` and wait until it is back in the sender's own page (so that the
-    next message, from whichever page, is published after it)."""
+    """Send ``text``, wait for the view's answer and until it is back in the sender's
+    own page (so that the next message, from whichever page, is published after it)."""
     count = page.locator("#messages li.message").count()
     page.fill("#chat-form input[name=text]", text)
-    page.press("#chat-form input[name=text]", "Enter")
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith("/post/"), timeout=WAIT
+    ) as answer:
+        page.press("#chat-form input[name=text]", "Enter")
+    assert answer.value.status == 204, answer.value.text()
     expect(page.locator("#messages li.message")).to_have_count(count + 1, timeout=WAIT)
     expect(page.locator("#messages li.message .text").last).to_have_text(text, timeout=WAIT)
 
