@@ -210,9 +210,21 @@ assert response.status_code == 200 and response.json()["ok"], response
 assert event.type == "updated" and event.data["pk"] == "A1"
 assert event.data["fields"] == {"taken_by": ""}, event
 assert not Seat.objects.exclude(taken_by="").exists()
-assert visitor.post("/seats/A1/", headers=FETCH).json()["message"] == "Seat A1 is yours."
-answer = visitor.post("/seats/A1/", headers=FETCH).json()
-assert answer["message"] == "You gave back seat A1.", answer
+from django_broadcast.contrib.admin import admin_channel
+
+async def take_and_give_back():
+    # The live admin's changelist of seats sees takes too.
+    async with broadcast.subscribe(admin_channel(Seat)) as sub:
+        taken = await sync_to_async(visitor.post)("/seats/A1/", headers=FETCH)
+        first = await sub.get(timeout=10)
+        given = await sync_to_async(visitor.post)("/seats/A1/", headers=FETCH)
+        second = await sub.get(timeout=10)
+    return taken.json(), given.json(), first, second
+
+taken, given, first, second = asyncio.run(take_and_give_back())
+assert taken["message"] == "Seat A1 is yours.", taken
+assert given["message"] == "You gave back seat A1.", given
+assert first.type == second.type == "updated" and first.data["pk"] == "A1", (first, second)
 print("seats ok")
 """
 

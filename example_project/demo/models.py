@@ -5,7 +5,6 @@ from django.db import models
 from django_broadcast.changes import broadcast_changes
 
 
-# models-message-start
 class Message(models.Model):
     """A chat message, saved before it is published on ``chat.<room>``."""
 
@@ -23,9 +22,6 @@ class Message(models.Model):
         return f"{self.author} in {self.room}: {self.text[:40]}"
 
 
-# models-message-end
-
-
 class Seat(models.Model):
     """A seat of the seat map; ``taken_by`` is the taker's session token, or empty."""
 
@@ -40,6 +36,6 @@ class Seat(models.Model):
         return f"seat {self.label} ({'taken' if self.taken_by else 'free'})"
 
 
-#: Every save and delete of a seat is published on the "seats" channel when its
-#: transaction commits, as ``{"model": "demo.seat", "pk": "A1", "fields": {...}}``.
-seat_changes = broadcast_changes(Seat, fields=["taken_by"], channel="seats", object_channel=False)
+# Every save and delete of a seat is published on the "seats" channel when its
+# transaction commits, as {"model": "demo.seat", "pk": "A1", "fields": {"taken_by": ...}}.
+broadcast_changes(Seat, fields=["taken_by"], channel="seats", object_channel=False)

@@ -43,8 +43,8 @@
   var client = DemoStatus.connect({onError: function (frame) { say(frame.message); }});
   client.subscribe(config.channel, function (event) {
     if (event.type === DjangoBroadcast.GAP) {
-      say("You were offline for a moment and this broker keeps no history: messages " +
-          "sent meanwhile are not shown. Reload the page to see them.");
+      say("You were offline for a moment and messages sent meanwhile could not be " +
+          "replayed here. Reload the page to see them.");
     } else if (event.type === "message") {
       addMessage(event);
     }

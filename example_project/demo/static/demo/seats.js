@@ -36,7 +36,7 @@
 
   var events = new EventSource("/broadcast/events/?channel=seats");
   events.onopen = function () { DemoStatus.set("open"); refresh(); };
-  events.onerror = function () { DemoStatus.set(events.readyState === EventSource.CLOSED ? "closed" : "connecting"); };
+  events.onerror = function () { DemoStatus.set("closed"); }; // it retries by itself
   ["created", "updated"].forEach(function (type) {
     events.addEventListener(type, function (message) {
       var change = JSON.parse(message.data).data;
