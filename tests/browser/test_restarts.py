@@ -16,8 +16,16 @@ from .conftest import demo_on
 from .live import WAIT, Browsing, DemoServer, http_client, subscribed
 from .test_chat import join, say, texts
 
-#: What a page logs while its server is down: its WebSocket cannot connect.
-REFUSED = r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/broadcast/ws/' failed"
+#: What pages log while their server is down: their WebSocket and their EventSource
+#: cannot connect.
+REFUSED = (
+    r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/broadcast/ws/' failed",
+    # The stream cut by the kill, then refused until the server is back.
+    r"(?=.*/broadcast/events/\?channel=seats)"
+    r"(?=.*net::ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING))",
+)
+#: Taken while no server runs, and published by nobody: a page reads the map again.
+TAKE_C4 = "from demo.models import Seat; Seat.objects.filter(label='C4').update(taken_by='cli')"
 
 
 def open_room(browsing: Browsing, room: str) -> Page:
@@ -40,10 +48,15 @@ def test_page_survives_server_restart(
     history = request.node.callspec.params["demo"] != "memory"
     room = f"r{uuid.uuid4().hex[:8]}"
     page = open_room(browsing, room)
-    browsing.allow(REFUSED)
+    seats = browsing.page(path="/seats/")
+    expect(seats.locator("#status")).to_have_attribute("data-state", "open", timeout=WAIT)
+    seats.evaluate("window.notReloaded = true")
+    browsing.allow(*REFUSED)
 
     demo.crash()
-    expect(page.locator("#status")).to_have_attribute("data-state", "closed", timeout=WAIT)
+    for each in (page, seats):
+        expect(each.locator("#status")).to_have_attribute("data-state", "closed", timeout=WAIT)
+    demo.manage("shell", "-c", TAKE_C4)
     if history:  # published while no server runs: the broker keeps it
         demo.manage(
             "broadcast_publish", f"chat.{room}", json.dumps({"author": "cli", "text": "m2"})
@@ -52,8 +65,18 @@ def test_page_survives_server_restart(
     if history:  # published before the page is back
         post(demo, room, "m3")
     subscribed(page, f"chat.{room}", times=2)
-    expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=WAIT)
+    for each in (page, seats):
+        expect(each.locator("#status")).to_have_attribute("data-state", "open", timeout=WAIT)
     say(page, "m4")
+    expect(seats.locator("button.seat[data-seat=C4]")).to_have_attribute(
+        "data-state", "taken", timeout=WAIT
+    )
+    with http_client(demo, "editor") as client:  # after the restart: live again
+        client.post("/seats/C5/").raise_for_status()
+    expect(seats.locator("button.seat[data-seat=C5]")).to_have_attribute(
+        "data-state", "taken", timeout=WAIT
+    )
+    assert seats.evaluate("window.notReloaded") is True
 
     if history:
         assert texts(page) == ["m1", "m2", "m3", "m4"]
