@@ -182,8 +182,13 @@ class Browsing:
         self.pages.append((name, page))
         self._watch(name, page)
         if path is not None:
-            page.goto(self.server.url(path))
+            page.goto(self.url(path))
         return page
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` on the server."""
+        assert self.server is not None, "no server: set browsing.server"
+        return self.server.url(path)
 
     def allow(self, *patterns: str) -> None:
         """Expect problems matching these regular expressions from now on."""

@@ -12,8 +12,11 @@ pytestmark = demo_on("memory", "redis")
 
 
 def seat_map(browsing: Browsing) -> Page:
-    """An anonymous seat map (a session of its own), live."""
-    page = browsing.page(path="/seats/")
+    """An anonymous seat map (a session of its own), live, and done reading the map
+    once its stream opened."""
+    page = browsing.page()
+    with page.expect_response(lambda r: r.url.endswith("/seats/state/"), timeout=WAIT):
+        page.goto(browsing.url("/seats/"))
     expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=WAIT)
     return page
 
