@@ -87,9 +87,9 @@ def demo(request: pytest.FixtureRequest) -> Iterator[DemoServer]:
     name: str = request.param
     if name != "memory":
         require_broker(name)
-    server = DemoServer(BROKERS[name].url()).setup()
+    server = DemoServer(BROKERS[name].url())
     try:
-        server.start()
+        server.setup().start()
         yield server
     finally:
         server.close()
