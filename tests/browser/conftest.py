@@ -1,8 +1,8 @@
 """Fixtures of the browser tests: Chromium (driven by Playwright), the example project
 served by daphne on a broker, and pages that fail the test on any console error.
 
-- ``browser``: one headless Chromium for the session (Debian's ``chromium`` on PATH;
-  Playwright never downloads one). Without Chromium or Playwright the tests are
+- ``browser``: one headless Chromium for all the browser tests (Debian's ``chromium``
+  on PATH; Playwright never downloads one). Without Chromium or Playwright the tests are
   skipped, with a line at the end of the run saying why; under ``CI=true`` they fail.
 - ``demo``: a :class:`~tests.browser.live.DemoServer` per test module and broker;
   modules choose the brokers with ``pytestmark = demo_on("memory", "redis")``.
@@ -10,8 +10,8 @@ served by daphne on a broker, and pages that fail the test on any console error.
   that hurt the broker; stopped and removed after the test.
 - ``browsing``: a :class:`~tests.browser.live.Browsing` on ``demo`` (or, once a test
   started one, on its own server): ``browsing.page(user="staff", path="/chat/")``.
-  When the test fails, screenshots, the console log and the server output are saved
-  in a temporary directory, named at the end of the run.
+  When the test fails, screenshots, the console log, the server output and the error
+  are saved in a temporary directory, named at the end of the run.
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ def demo_on(*brokers: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("demo", brokers, indirect=True, scope="module")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium, for the whole session."""
+    """Headless Chromium, for the browser tests (closed after them: Playwright's own
+    event loop must be gone before the suite's asyncio tests run)."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")
@@ -125,6 +126,7 @@ def browsing(request: pytest.FixtureRequest, browser: Browser) -> Iterator[Brows
         if report is not None and report.failed:
             directory = Path(tempfile.mkdtemp(prefix=f"browser-{request.node.name[:60]}-"))
             browsing.save(directory)
+            (directory / "error.txt").write_text(report.longreprtext)
             _saved.append(str(directory))
             print(f"\nbrowser test failed: screenshots and logs in {directory}")
     finally:

@@ -3,6 +3,7 @@ and who is in the room; a page opened later shows the history."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from playwright.sync_api import Page, expect
@@ -27,16 +28,18 @@ def join(browsing: Browsing, room: str, user: str | None = None, name: str = "")
 
 def say(page: Page, text: str) -> None:
     """Send ``text``, wait for the view's answer and until it is back in the sender's
-    own page (so that the next message, from whichever page, is published after it)."""
-    count = page.locator("#messages li.message").count()
+    own page, once (so that the next message, from whichever page, is published after
+    it). Other messages may arrive meanwhile."""
     page.fill("#chat-form input[name=text]", text)
     with page.expect_response(
         lambda r: r.request.method == "POST" and r.url.endswith("/post/"), timeout=WAIT
     ) as answer:
         page.press("#chat-form input[name=text]", "Enter")
     assert answer.value.status == 204, answer.value.text()
-    expect(page.locator("#messages li.message")).to_have_count(count + 1, timeout=WAIT)
-    expect(page.locator("#messages li.message .text").last).to_have_text(text, timeout=WAIT)
+    sent = page.locator("#messages li.message .text").filter(
+        has_text=re.compile(f"^{re.escape(text)}$")
+    )
+    expect(sent).to_have_count(1, timeout=WAIT)
 
 
 def texts(page: Page) -> list[str]:
