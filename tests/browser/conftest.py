@@ -62,8 +62,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
 
 
-def demo_on(*brokers: str) -> pytest.MarkDecorator:
-    """Run a module's tests against one example-project server per broker of ``brokers``."""
+def demo_on(*brokers: Any) -> pytest.MarkDecorator:
+    """Run a module's tests against one example-project server per broker of ``brokers``
+    (names, or ``pytest.param(name, marks=...)``)."""
     return pytest.mark.parametrize("demo", brokers, indirect=True, scope="module")
 
 

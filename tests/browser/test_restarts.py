@@ -40,11 +40,19 @@ def post(server: DemoServer, room: str, text: str) -> None:
         client.post(f"/chat/{room}/post/", data={"text": text}).raise_for_status()
 
 
-@demo_on("memory", "redis+streams")
+#: The memory backend's ids restart at 1 with its process: after a restart the page's
+#: ``since`` may look like an id of the new process (no gap is told), and a new
+#: message may get the id of one the page shows already (chat.js drops it as seen).
+MEMORY_IDS_RESTART = pytest.mark.xfail(
+    reason="memory:// event ids are not unique across server restarts", strict=False
+)
+
+
+@demo_on(pytest.param("memory", marks=MEMORY_IDS_RESTART), "redis", "redis+streams")
 def test_page_survives_server_restart(
     demo: DemoServer, browsing: Browsing, request: pytest.FixtureRequest
 ) -> None:
-    history = request.node.callspec.params["demo"] != "memory"
+    history = request.node.callspec.params["demo"] == "redis+streams"
     room = f"r{uuid.uuid4().hex[:8]}"
     page = open_room(browsing, room)
     seats = seat_map(browsing)
@@ -79,11 +87,9 @@ def test_page_survives_server_restart(
     if history:
         assert texts(page) == ["m1", "m2", "m3", "m4"]
         expect(page.locator("#notice")).to_be_hidden()
-    else:  # memory: nothing could be published while no server ran
+    else:  # nothing kept what was published while the page was away: it says so
         assert texts(page) == ["m1", "m4"]
-        # Not asserted: the page's gap notice. The memory backend tells an id from
-        # before a restart by its being newer than any id the new process made; once
-        # the new process made as many (its heartbeats count), it cannot.
+        expect(page.locator("#notice")).to_contain_text("offline", timeout=WAIT)
     assert page.evaluate("window.notReloaded") is True
 
 
