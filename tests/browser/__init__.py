@@ -1,0 +1,2 @@
+"""Browser tests: Playwright driving Chromium against the example project, served by a
+real daphne on each broker."""
