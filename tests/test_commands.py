@@ -185,10 +185,10 @@ def test_colour_only_when_asked_or_on_a_terminal(memory: Broadcast, channel: str
 def test_what_others_published_cannot_drive_the_terminal(memory: Broadcast, channel: str) -> None:
     # Another client's event type and data reach the terminal escaped, never raw.
     payload = b'{"type":"\\u001b]0;owned\\u0007","time":0,"data":"\\ud800\\u001b[2J"}'
-    memory.backend.publish(channel, payload)
+    event_id = memory.backend.publish(channel, payload)
     [line] = tail(channel, history=1, count=1)
     assert "\x1b" not in line and "\ud800" not in line
-    assert line.endswith('  "\\u001b]0;owned\\u0007"  1  "\\ud800\\u001b[2J"')
+    assert line.endswith(f'  "\\u001b]0;owned\\u0007"  {event_id}  "\\ud800\\u001b[2J"')
 
 
 class SetCodec(JSONCodec):

@@ -161,3 +161,21 @@ async def test_a_plain_channel_on_a_backend_without_queues_says_so(third_party: 
         with pytest.raises(BroadcastError, match="has no queues: use a backend that has"):
             await layer.send("thumbnails", {"type": "job"})
         await bc.aclose()
+
+
+async def test_memory_ids_never_repeat_and_an_older_processs_position_is_a_gap(
+    channel: str,
+) -> None:
+    # Each override_settings makes a new memory backend: as a new process would.
+    with using({"URL": "memory://"}) as before:
+        old = await before.apublish(channel, "before the restart")
+        await before.aclose()
+    with using({"URL": "memory://"}) as after:
+        new = await after.apublish(channel, "after the restart")
+        assert after.backend.id_key(new.id) > after.backend.id_key(old.id)
+        [notice, event] = await after.ahistory(channel, since=old.id)
+        assert notice.type == GAP and event.id == new.id
+        async with after.subscribe(channel, since=old.id) as resumed:
+            assert (await resumed.get(timeout=5)).type == GAP
+            assert (await resumed.get(timeout=5)).id == new.id
+        await after.aclose()

@@ -7,14 +7,19 @@ on every event loop of the process.
 
 What it guarantees: a publish never waits and never fails for want of a broker.
 Ids are decimal numbers from one counter for the whole process (so they increase
-across channels too), at most :data:`MAX_ID`. Each publish is stored and handed to
+across channels too), at most :data:`MAX_ID`. The counter starts at the
+microseconds since the epoch when the backend is made, so a process that restarts
+never hands out an id the previous one did: a page that resumes from an id of the
+previous process is told its events are gone (a gap), never given a new event under
+an old id. Each publish is stored and handed to
 every receiver under one lock, so every receiver sees one order per channel, and
 ``subscribe`` reads the channel's position (its newest id, or ``"0"``) under the
 same lock that registers the receiver: every event after the position is received.
 Each channel keeps a ring buffer of its latest events (``OPTIONS["history"]``,
 default 1000) for ``since`` and ``history()``; a ``since`` reports a gap where the
 buffer no longer holds every event after it, or where it is newer than any id this
-process has made (it comes from before a restart, whose history is gone). Nothing
+process has made, or older than its first (it comes from before a restart, whose
+history is gone). Nothing
 is ever lost between publish and a subscribed receiver, so there is no reconnect.
 """
 
@@ -32,11 +37,16 @@ from .base import Backend, Features, HistoryPage, Message, Receiver
 
 __all__ = ["MAX_ID", "MemoryBackend"]
 
-_ORIGIN = "0"  # the position of a channel with no event: ids start at 1
+_ORIGIN = "0"  # the position of a channel with no event: ids are larger
 
 #: The largest event id the memory backend makes or accepts.
 MAX_ID = 2**64 - 1
 _MAX_ID_DIGITS = len(str(MAX_ID))
+
+
+def _epoch_id() -> int:
+    """The id before a new backend's first: the microseconds since the epoch."""
+    return time.time_ns() // 1000
 
 
 class MemoryBackend(Backend):
@@ -60,7 +70,8 @@ class MemoryBackend(Backend):
         super().__init__(location, options, timeout=timeout)
         self.history_size: int = self.options.get("history", 1000)
         self._lock = threading.Lock()
-        self._next_id = 0  # one counter for all channels: ids compare across channels
+        # One counter for all channels (ids compare across channels), from the epoch.
+        self._first_id = self._next_id = _epoch_id()
         self._history: dict[str, deque[Message]] = {}
         self._evicted: dict[str, int] = {}  # channel -> id of the newest evicted event
         self._receivers: dict[str, set[_MemoryReceiver]] = {}
@@ -175,18 +186,20 @@ class MemoryBackend(Backend):
         """Read the channel's ring buffer.
 
         With ``since``, report a gap where the buffer no longer holds every event
-        after it, or where ``since`` is newer than any id this backend has made (the
-        id comes from before the process restarted, so its history is gone).
+        after it, or where ``since`` is newer than any id this backend has made or
+        older than its first (the id comes from another process, before a restart:
+        that history is gone). The origin (``"0"``) replays the channel.
         """
         after = None if since is None else self.id_key(since)
         with self._lock:
             messages = list(self._history.get(channel, ()))
             evicted = self._evicted.get(channel, 0)
             newest = self._next_id
+            first = self._first_id
         if after is None:
             return HistoryPage(messages[-limit:] if limit is not None else messages)
         newer = [m for m in messages if int(m.id) > after]
-        gap = evicted > after or after > newest
+        gap = evicted > after or after > newest or 0 < after < first
         return HistoryPage(newer[:limit] if limit is not None else newer, gap=gap)
 
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
@@ -220,11 +233,11 @@ class MemoryBackend(Backend):
             _discard(self._pattern_receivers, pattern, receiver)
 
     def clear(self) -> None:
-        """Forget every channel's history and start ids from 1 again, as a new backend
-        would (for tests: :func:`django_broadcast.testing.reset_broadcasts`).
-        Subscribed receivers stay subscribed."""
+        """Forget every channel's history and number events anew, as a new backend
+        would (for tests: :func:`django_broadcast.testing.reset_broadcasts`): the ids
+        before are then from another process. Subscribed receivers stay subscribed."""
         with self._lock:
-            self._next_id = 0
+            self._first_id = self._next_id = max(_epoch_id(), self._next_id)
             self._history.clear()
             self._evicted.clear()
 

@@ -198,8 +198,8 @@ def capture_broadcasts(using: str | None = None) -> BroadcastCapture:
 
 def reset_broadcasts() -> None:
     """Give the next test a clean broker: forget what every alias built so far holds,
-    where its backend can (``memory://``: the history of every channel, and ids start
-    from 1 again, as in a new process; subscribers stay subscribed).
+    where its backend can (``memory://``: the history of every channel, and events are
+    numbered anew, as in a new process; subscribers stay subscribed).
 
     Other brokers keep their data, and a test suite shares them: give each test its
     own ``OPTIONS["prefix"]`` on Redis (see the "Testing your code" page).

@@ -40,15 +40,7 @@ def post(server: DemoServer, room: str, text: str) -> None:
         client.post(f"/chat/{room}/post/", data={"text": text}).raise_for_status()
 
 
-#: The memory backend's ids restart at 1 with its process: after a restart the page's
-#: ``since`` may look like an id of the new process (no gap is told), and a new
-#: message may get the id of one the page shows already (chat.js drops it as seen).
-MEMORY_IDS_RESTART = pytest.mark.xfail(
-    reason="memory:// event ids are not unique across server restarts", strict=False
-)
-
-
-@demo_on(pytest.param("memory", marks=MEMORY_IDS_RESTART), "redis", "redis+streams")
+@demo_on("memory", "redis", "redis+streams")
 def test_page_survives_server_restart(
     demo: DemoServer, browsing: Browsing, request: pytest.FixtureRequest
 ) -> None:
