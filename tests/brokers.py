@@ -26,7 +26,7 @@ from django_broadcast import Broadcast
 from django_broadcast.backends import schemes
 from django_broadcast.backends.base import Features
 
-__all__ = ["BROKERS", "Broker", "PrivateRedis", "PrivateServer", "free_port"]
+__all__ = ["BROKERS", "Broker", "PrivateNats", "PrivateRedis", "PrivateServer", "free_port"]
 
 
 def free_port() -> int:
@@ -304,7 +304,152 @@ class RedisStreamsBroker(_RedisBroker):
         return sum(1 for c in await self._client_list(bc) if c.get("name") == name)
 
 
+# NATS ----------------------------------------------------------------------------------
+
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+#: The subject prefix (and stream) of this run on NATS; the session deletes the stream.
+NATS_PREFIX = f"test-broadcast-{PREFIX.split(':')[1]}"
+
+
+def http_json(url: str, timeout: float = 2) -> Any:
+    """GET ``url`` (a NATS monitoring endpoint) and decode its JSON."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return json.load(answer)
+
+
+class PrivateNats(PrivateServer):
+    """A private nats-server with JetStream, its store in a temp dir (so that
+    :meth:`restart` keeps the streams and ``restart(persist=False)`` loses them), and a
+    monitoring port (``monitor``) for ``/healthz``, ``/connz``, ``/routez``.
+
+    ``extra`` arguments go on the command line (a cluster's ``--cluster``, ``--routes``).
+    """
+
+    binary = "nats-server"
+
+    def __init__(self, *extra: str, name: str = "") -> None:
+        self.port = free_port()
+        self.monitor = free_port()
+        self.dir = tempfile.mkdtemp(prefix="broadcast-nats-")
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.extra = list(extra)
+        self.name = name or f"n{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor),
+             "-js", "-sd", self.dir, "--server_name", self.name, *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not self.healthy():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"private nats-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def healthy(self) -> bool:
+        """Whether the server answers, JetStream included (``/healthz``)."""
+        try:
+            return bool(http_json(f"http://127.0.0.1:{self.monitor}/healthz")["status"] == "ok")
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def monitoring(self, endpoint: str) -> Any:
+        """The JSON of monitoring ``endpoint`` (``"connz?subs=1"``, ``"routez"`` ...)."""
+        return http_json(f"http://127.0.0.1:{self.monitor}/{endpoint}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self, *, persist: bool = True) -> None:
+        self.kill()
+        if not persist:
+            shutil.rmtree(self.dir)
+            os.mkdir(self.dir)
+        self.start()
+
+    def freeze(self) -> None:
+        assert self.process is not None, "the server is not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None, "the server is not running"
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NatsBroker(Broker):
+    name = "nats"
+    can_start = True
+
+    def url(self) -> str:
+        return NATS_URL
+
+    def default_options(self) -> dict[str, Any]:
+        return {"prefix": NATS_PREFIX}
+
+    def reachable(self) -> bool:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(NATS_URL.split(",")[0])
+        return reachable(parts.hostname or "127.0.0.1", parts.port or 4222)
+
+    def start_private(self) -> PrivateServer:
+        server = PrivateNats()
+        server.start()
+        return server
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        # What the server holds: the stream's live consumers of the channel's subject
+        # (JetStream's consumer list, on the shared server and private ones alike).
+        backend = bc.backend
+        infos = await _nats_consumers(backend)
+        subject = backend.subject(channel)  # type: ignore[attr-defined]
+        return sum(
+            1
+            for info in infos
+            if info.config.filter_subject == subject and info.name.startswith("live-")
+        )
+
+    async def delete_stream(self) -> None:
+        """Delete this run's stream on the shared server."""
+        import nats
+
+        client = await nats.connect(NATS_URL)
+        try:
+            await client.jetstream().delete_stream(NATS_PREFIX)
+        except Exception:
+            pass
+        finally:
+            await client.close()
+
+
+async def _nats_consumers(backend: Any) -> list[Any]:
+    import nats
+    import nats.js.errors
+
+    client = await nats.connect(backend.servers)
+    try:
+        return list(await client.jetstream().consumers_info(backend.stream))
+    except nats.js.errors.NotFoundError:
+        return []
+    finally:
+        await client.close()
+
+
 #: Every broker the suite runs against, by name.
 BROKERS: dict[str, Broker] = {
-    broker.name: broker for broker in (MemoryBroker(), RedisPubSubBroker(), RedisStreamsBroker())
+    broker.name: broker
+    for broker in (MemoryBroker(), RedisPubSubBroker(), RedisStreamsBroker(), NatsBroker())
 }

@@ -121,3 +121,4 @@ for _name in ("redis", "rediss"):
         f"{_name}+streams", "django_broadcast.backends.redis.RedisStreamsBackend",
         _EXTRA.format("redis"),
     )  # fmt: skip
+register("nats", "django_broadcast.backends.nats.NatsBackend", _EXTRA.format("nats"))

@@ -1,0 +1,415 @@
+"""What the NATS backend's parts share: the server list, subjects, connections, the
+stream, ids, reading a channel's stored messages and proving its continuity."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import fnmatch
+import itertools
+import logging
+import re
+import secrets
+import select
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+
+from ..._timeouts import within
+from ..base import Message
+
+if TYPE_CHECKING:
+    from .backend import NatsBackend
+
+T = TypeVar("T")
+
+logger = logging.getLogger("django_broadcast.backends.nats")
+
+#: Failures that mean "the server cannot be reached or did not answer".
+NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+#: The NATS server's default ``max_payload`` (1 MiB), the hard payload limit.
+MAX_PAYLOAD = 1024 * 1024
+#: The position before anything: resuming from it reads a channel from its start.
+ORIGIN = "0-0"
+_MAX_ID_PART_DIGITS = 20
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_STREAM_IN_USE = 10058  # JetStream: stream name already in use with a different config
+_NOT_FOUND = 404
+
+
+# Servers and names ------------------------------------------------------------------
+
+
+def servers(location: str) -> list[str]:
+    """The server URLs of ``location``: ``nats://a:4222`` or a comma-separated list
+    (``nats://a:4222,b:4222`` or ``nats://a:4222,nats://b:4222``)."""
+    found = []
+    for part in location.split(","):
+        part = part.strip()
+        if part:
+            found.append(part if "://" in part else f"nats://{part}")
+    return found
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password (or token), for error messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def prefix_problem(prefix: object) -> str | None:
+    """Why ``prefix`` cannot start subjects, or None."""
+    if isinstance(prefix, str) and all(_TOKEN_RE.fullmatch(t) for t in prefix.split(".")):
+        return None
+    return (
+        f"option 'prefix' must be one or more dot-separated words of ASCII letters, "
+        f"digits, '-' or '_' (such as 'broadcast' or 'site.events'), not {prefix!r}"
+    )
+
+
+def stream_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a JetStream stream, or None."""
+    if isinstance(name, str) and _TOKEN_RE.fullmatch(name):
+        return None
+    return f"option 'stream' must be ASCII letters, digits, '-' or '_', not {name!r}"
+
+
+def _token(text: str) -> str:
+    # '_' is the escape: '_' doubles, and an empty token (from '..', a leading or a
+    # trailing '.') becomes a lone '_', which no escaped token can be.
+    return text.replace("_", "__") if text else "_"
+
+
+def _untoken(token: str) -> str:
+    return "" if token == "_" else token.replace("__", "_")
+
+
+def channel_subject(prefix: str, channel: str) -> str:
+    """The subject of ``channel``: each dot-separated part a token of its own, escaped
+    so that every channel name is a valid subject and no two share one."""
+    return prefix + "." + ".".join(_token(t) for t in channel.split("."))
+
+
+def subject_channel(prefix: str, subject: str) -> str:
+    """The channel of a subject made by :func:`channel_subject`."""
+    return ".".join(_untoken(t) for t in subject[len(prefix) + 1 :].split("."))
+
+
+def pattern_filter(prefix: str, pattern: str) -> str:
+    """The subject filter that covers ``pattern``: its literal parts up to the first
+    with ``*`` or ``?``, then ``>``. NATS wildcards match whole tokens and ours any
+    run of characters, dots included, so the filter may be wider than the pattern:
+    :func:`matches` decides."""
+    literal: list[str] = []
+    for part in pattern.split("."):
+        if "*" in part or "?" in part:
+            return ".".join([prefix, *literal, ">"])
+        literal.append(_token(part))
+    return ".".join([prefix, *literal])
+
+
+def matches(channel: str, pattern: str) -> bool:
+    """Whether ``channel`` matches the shell-style ``pattern`` (``*`` any run of
+    characters, dots included; ``?`` one character)."""
+    return fnmatch.fnmatchcase(channel, pattern)
+
+
+# Ids ----------------------------------------------------------------------------------
+
+
+def epoch_of(info: api.StreamInfo) -> int:
+    """The stream's creation time in microseconds: it tells a stream made anew (a
+    restart without its data) from the one an id was read from."""
+    created = info.created
+    assert created is not None, "JetStream returns every stream's creation time"
+    return (created - _EPOCH) // datetime.timedelta(microseconds=1)
+
+
+def make_id(epoch: int, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def parse_id(event_id: object) -> tuple[int, int]:
+    """``(stream epoch, sequence)`` of an id; ``ValueError`` for anything else."""
+    if isinstance(event_id, str):
+        epoch, sep, seq = event_id.partition("-")
+        if sep and _part(epoch) and _part(seq):
+            return int(epoch), int(seq)
+    raise ValueError(
+        f"{event_id!r} is not an event id of the NATS backend: expected the stream's "
+        f"epoch and a sequence number, two decimal numbers of ASCII digits (at most "
+        f"{_MAX_ID_PART_DIGITS} each) joined by '-', such as '1700000000000000-42'"
+    )
+
+
+def _part(text: str) -> bool:
+    return 0 < len(text) <= _MAX_ID_PART_DIGITS and text.isascii() and text.isdigit()
+
+
+# Connections ------------------------------------------------------------------------
+
+
+async def connect(
+    backend: NatsBackend, role: str, *, on_lost: Callable[[], Awaitable[None]] | None = None
+) -> Client:
+    """A new connection to the first server of the list that answers, within TIMEOUT.
+
+    nats-py's own reconnection is off: a connection that drops is replaced by the
+    caller (the hub's reconnect policy for receivers, the next publish for publishers).
+    """
+    client = Client()
+    try:
+        await within(
+            client.connect(
+                servers=backend.servers,
+                name=f"django_broadcast:{role}:{backend.prefix}",
+                allow_reconnect=False,
+                max_reconnect_attempts=1,  # each server of the list at most twice
+                reconnect_time_wait=0,
+                connect_timeout=max(1, round(backend.timeout)),
+                error_cb=_log_error,
+                disconnected_cb=on_lost,
+                closed_cb=on_lost,
+            ),
+            backend.timeout,
+        )
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await client.close()
+        if isinstance(exc, NATS_ERRORS):
+            raise backend.unavailable(exc, maybe_sent=False) from exc
+        raise
+    return client
+
+
+async def _log_error(exc: Exception) -> None:
+    logger.debug("nats: %s", exc)
+
+
+def peer_closed(client: Client) -> bool:
+    """Whether the server closed the connection though nats-py has not read it yet: a
+    request written to it would fail as if the server had got it."""
+    writer = getattr(getattr(client, "_transport", None), "_io_writer", None)
+    sock = None if writer is None else writer.get_extra_info("socket")
+    if sock is None:
+        return not client.is_connected
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        # asyncio's TransportSocket cannot recv: peek through a duplicate descriptor.
+        with socket.fromfd(sock.fileno(), sock.family, sock.type) as peek:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+async def close(client: Client | None) -> None:
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+# The stream ---------------------------------------------------------------------------
+
+
+async def stream_info(
+    backend: NatsBackend, client: Client, subject: str | None = None
+) -> api.StreamInfo | None:
+    """The stream's info (with ``subject``'s message count), or None where it is gone."""
+    try:
+        return await client.jetstream().stream_info(backend.stream, subjects_filter=subject)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def ensure_stream(backend: NatsBackend, client: Client) -> api.StreamInfo:
+    """Create the stream, or bring an existing one to the alias's OPTIONS."""
+    jsm = client.jetstream()
+    config = backend.stream_config()
+    try:
+        return await jsm.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise backend.misconfigured(exc) from exc
+    info = await jsm.stream_info(backend.stream)
+    if info.config.subjects != config.subjects:
+        raise backend.misconfigured(
+            f"stream {backend.stream!r} exists for subjects {info.config.subjects}, not "
+            f"{config.subjects}; set OPTIONS['stream'] to a name of its own"
+        )
+    try:
+        return await jsm.update_stream(config)
+    except nats.js.errors.APIError as exc:
+        raise backend.misconfigured(exc) from exc
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What proving a channel's continuity needs of the stream."""
+
+    epoch: int
+    first: int  # the first sequence held
+    last: int  # the last sequence given
+    count: int  # the channel's messages held
+    per_subject: int  # the most messages kept per channel (-1: no limit)
+
+    @classmethod
+    def of(cls, info: api.StreamInfo, subject: str) -> StreamState:
+        state = info.state
+        return cls(
+            epoch=epoch_of(info),
+            first=state.first_seq,
+            last=state.last_seq,
+            count=(state.subjects or {}).get(subject, 0),
+            per_subject=info.config.max_msgs_per_subject or -1,
+        )
+
+
+async def gap(
+    backend: NatsBackend, client: Client, subject: str, position: str, state: StreamState | None
+) -> str | None:
+    """Why the continuity of ``subject``'s messages after ``position`` cannot be
+    proven (``"reset"``, ``"trimmed"``), or None.
+
+    The stream's limits remove a channel's messages oldest first (``history``, per
+    channel) or the stream's oldest first (``max_age``). So nothing of the channel
+    after sequence S is gone while the message at S is the channel's and still held,
+    or while nothing up to S+1 left the stream and the channel holds fewer messages
+    than its limit (had one after S been removed for the limit, the channel would
+    still hold as many as the limit, all after S). A position of another epoch is
+    from a stream made anew since: ``"reset"``.
+    """
+    epoch, seq = parse_id(position)
+    if state is None:  # no stream: nothing was ever published, or it is gone
+        return None if position == ORIGIN else "reset"
+    if position != ORIGIN and epoch != state.epoch:
+        return "reset"
+    if seq and state.first <= seq:
+        try:
+            held = await client.jetstream().get_msg(backend.stream, seq=seq)
+        except nats.js.errors.NotFoundError:
+            held = None
+        if held is not None and held.subject == subject:
+            return None
+    if state.first <= seq + 1 and (state.per_subject < 0 or state.count < state.per_subject):
+        return None
+    return "trimmed"
+
+
+# Consumers -----------------------------------------------------------------------------
+
+_names = itertools.count(1)
+
+
+def consumer_name(kind: str, token: str) -> str:
+    """A consumer name: ``kind`` (``live`` or ``read``), the process's token, a number."""
+    return f"{kind}-{token}-{next(_names)}"
+
+
+def new_token() -> str:
+    return secrets.token_hex(4)
+
+
+async def consume(
+    backend: NatsBackend,
+    client: Client,
+    *,
+    name: str,
+    subject: str,
+    start: int,
+    handle: Callable[[Msg], Awaitable[None]],
+) -> tuple[Any, api.ConsumerInfo]:
+    """Subscribe an inbox with ``handle``, then create an ephemeral push consumer of
+    ``subject`` that delivers to it from sequence ``start``; return the inbox's
+    subscription and the consumer's info. Within TIMEOUT, or raise
+    ``BroadcastUnavailable`` having undone both (the consumer's deletion is sent
+    after its creation, so that a server that runs the creation late runs it too).
+    """
+    inbox = client.new_inbox()
+    sub = await client.subscribe(inbox, cb=handle)
+    config = api.ConsumerConfig(
+        name=name,
+        filter_subject=subject,
+        deliver_subject=inbox,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(start, 1),
+        ack_policy=api.AckPolicy.NONE,
+        mem_storage=True,
+        inactive_threshold=backend.inactive_threshold,
+    )
+    try:
+        info = await within(
+            client.jetstream().add_consumer(backend.stream, config, timeout=backend.timeout),
+            backend.timeout,
+        )
+    except BaseException as exc:
+        await release(backend, client, sub, name)
+        if isinstance(exc, NATS_ERRORS):
+            raise backend.unavailable(exc) from exc
+        raise
+    return sub, info
+
+
+async def release(backend: NatsBackend, client: Client, sub: Any, name: str) -> None:
+    """Unsubscribe ``sub`` and delete consumer ``name``, without waiting for answers."""
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+    with contextlib.suppress(Exception):
+        await client.publish(f"$JS.API.CONSUMER.DELETE.{backend.stream}.{name}", b"")
+
+
+async def read_stored(
+    backend: NatsBackend,
+    client: Client,
+    channel: str,
+    *,
+    epoch: int,
+    start: int,
+    limit: int | None,
+    latest: bool,
+) -> list[Message]:
+    """``channel``'s stored messages from sequence ``start``: the first ``limit``, or
+    with ``latest`` the last ``limit`` (all where ``limit`` is None)."""
+    subject = backend.subject(channel)
+    received: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def handle(msg: Msg) -> None:
+        received.put_nowait(msg)
+
+    name = consumer_name("read", backend.token)
+    sub, info = await consume(
+        backend, client, name=name, subject=subject, start=start, handle=handle
+    )
+    try:
+        pending = info.num_pending or 0
+        wanted = pending if limit is None or latest else min(pending, limit)
+        msgs = [await backend.within(received.get()) for _ in range(wanted)]
+    finally:
+        await release(backend, client, sub, name)
+    if latest and limit is not None:
+        msgs = msgs[-limit:] if limit else []
+    return [message_of(channel, msg, epoch=epoch) for msg in msgs]
+
+
+def message_of(channel: str, msg: Msg, *, epoch: int, pattern: str | None = None) -> Message:
+    """A :class:`Message` of a message a consumer delivered."""
+    seq = msg.metadata.sequence.stream
+    return Message(channel, make_id(epoch, seq), msg.data, pattern=pattern)

@@ -1,0 +1,247 @@
+"""The receiving side of the NATS backend: one connection per event loop, one
+ephemeral JetStream push consumer per channel and per pattern."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from ..base import ConnectionLost, Message, Receiver
+from . import _client
+from ._client import NATS_ERRORS, ORIGIN, StreamState
+
+if TYPE_CHECKING:
+    from .backend import NatsBackend
+
+__all__ = ["NatsReceiver"]
+
+
+@dataclass
+class _Consumer:
+    name: str
+    sub: Any
+
+
+class NatsReceiver(Receiver):
+    """A connection of its own, with a consumer per channel (and per pattern) that
+    delivers from the position after which everything is received.
+
+    A channel's consumer starts at the sequence after the channel's position, not
+    "from now": nothing published between reading the position and the consumer's
+    creation is missed. Each delivered message carries its stream sequence, which
+    becomes the channel's position. When the connection drops, :meth:`read` raises
+    ``ConnectionLost``; :meth:`reconnect` connects anew (to any server of the list),
+    proves each channel's continuity after its position (see ``_client.gap``) and
+    makes its consumer again from there, so nothing is lost within the window the
+    stream keeps. A pattern's consumer resumes likewise from the last sequence it
+    delivered; as the stream does not say which of the many channels behind a
+    pattern lost messages, a pattern is reported lost unless the stream lost none.
+    """
+
+    def __init__(self, backend: NatsBackend) -> None:
+        self.backend = backend
+        self.client: Client | None = None
+        self.epoch = 0
+        self.channels: dict[str, _Consumer] = {}
+        self.patterns: dict[str, _Consumer] = {}
+        #: Channel (or pattern) -> the position everything after which is received.
+        self.positions: dict[str, str] = {}
+        self.pattern_positions: dict[str, str] = {}
+        self.inbox: list[tuple[str, Msg]] = []  # (consumer name, message), as delivered
+        self.wake = asyncio.Event()
+        self.lost: str | None = None
+        self.generation = 0  # of the connection, so that an old one's callbacks are ignored
+
+    async def open(self) -> None:
+        self.generation += 1
+        generation = self.generation
+
+        async def dropped() -> None:
+            if generation == self.generation:  # not a connection since replaced
+                self.lost = self.lost or "the connection to the server dropped"
+                self.wake.set()
+
+        client = await _client.connect(self.backend, "receive", on_lost=dropped)
+        self.lost = None
+        try:
+            info = await self.backend.within(_client.ensure_stream(self.backend, client))
+        except BaseException as exc:
+            await _client.close(client)
+            if isinstance(exc, NATS_ERRORS):
+                raise self.backend.unavailable(exc) from exc
+            raise
+        self.client, self.epoch = client, _client.epoch_of(info)
+
+    def _require(self) -> Client:
+        client = self.client
+        if client is None or self.lost is not None or not client.is_connected:
+            raise ConnectionLost(self.lost or "not connected")
+        return client
+
+    async def _consume(self, subject: str, start: int) -> _Consumer:
+        client = self._require()
+        name = _client.consumer_name("live", self.backend.token)
+
+        async def handle(msg: Msg) -> None:
+            self.inbox.append((name, msg))
+            self.wake.set()
+
+        try:
+            sub, _ = await _client.consume(
+                self.backend, client, name=name, subject=subject, start=start, handle=handle
+            )
+        except ConnectionLost as exc:
+            raise self.backend.unavailable(exc) from exc
+        return _Consumer(name, sub)
+
+    async def _position(self, subject: str | None) -> str:
+        """The stream's position for ``subject``: its last message's sequence, or the
+        stream's last sequence where it has none or for a pattern (None): ids are the
+        stream's sequences."""
+        backend, client = self.backend, self._require()
+        try:
+            info = await backend.within(_client.stream_info(backend, client, subject))
+            if info is None:
+                info = await backend.within(_client.ensure_stream(backend, client))
+            state = StreamState.of(info, subject or "")
+            seq = state.last
+            if subject is not None and state.count:
+                last = await backend.within(
+                    client.jetstream().get_msg(backend.stream, subject=subject)
+                )
+                seq = last.seq or seq
+        except NATS_ERRORS as exc:
+            raise backend.unavailable(exc) from exc
+        self.epoch = state.epoch
+        return _client.make_id(state.epoch, seq)
+
+    async def subscribe(self, channel: str) -> str:
+        subject = self.backend.subject(channel)
+        position = await self._position(subject)
+        consumer = await self._consume(subject, _client.parse_id(position)[1] + 1)
+        await self._drop(self.channels.pop(channel, None))
+        self.channels[channel] = consumer
+        self.positions[channel] = position
+        return position
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.positions.pop(channel, None)
+        await self._drop(self.channels.pop(channel, None))
+
+    async def psubscribe(self, pattern: str) -> None:
+        subject = _client.pattern_filter(self.backend.prefix, pattern)
+        position = await self._position(None)
+        consumer = await self._consume(subject, _client.parse_id(position)[1] + 1)
+        await self._drop(self.patterns.pop(pattern, None))
+        self.patterns[pattern] = consumer
+        self.pattern_positions[pattern] = position
+
+    async def punsubscribe(self, pattern: str) -> None:
+        self.pattern_positions.pop(pattern, None)
+        await self._drop(self.patterns.pop(pattern, None))
+
+    async def _drop(self, consumer: _Consumer | None) -> None:
+        if consumer is not None and consumer.sub is not None and self.client is not None:
+            await _client.release(self.backend, self.client, consumer.sub, consumer.name)
+
+    async def read(self) -> Sequence[Message]:
+        while True:
+            self._require()
+            if self.inbox:
+                batch, self.inbox = self.inbox, []
+                messages = self._messages(batch)
+                if messages:
+                    return messages
+            self.wake.clear()
+            if not self.inbox and self.lost is None:
+                await self.wake.wait()
+
+    def _messages(self, batch: list[tuple[str, Msg]]) -> list[Message]:
+        prefix, epoch = self.backend.prefix, self.epoch
+        by_name = {c.name: ("channel", key) for key, c in self.channels.items()}
+        by_name.update({c.name: ("pattern", key) for key, c in self.patterns.items()})
+        messages: list[Message] = []
+        for name, msg in batch:
+            owner = by_name.get(name)
+            if owner is None:
+                continue  # from a consumer since dropped
+            kind, key = owner
+            seq = msg.metadata.sequence.stream
+            if kind == "channel":
+                self.positions[key] = _client.make_id(epoch, seq)
+                messages.append(_client.message_of(key, msg, epoch=epoch))
+                continue
+            self.pattern_positions[key] = _client.make_id(epoch, seq)
+            channel = _client.subject_channel(prefix, msg.subject)
+            if _client.matches(channel, key):
+                messages.append(_client.message_of(channel, msg, epoch=epoch, pattern=key))
+        return messages
+
+    async def reconnect(self) -> set[str]:
+        await self.close()
+        await self.open()
+        backend, client = self.backend, self._require()
+        lost: set[str] = set()
+        try:
+            for channel, position in list(self.positions.items()):
+                subject = backend.subject(channel)
+                info = await backend.within(_client.stream_info(backend, client, subject))
+                state = None if info is None else StreamState.of(info, subject)
+                reason = await backend.within(
+                    _client.gap(backend, client, subject, position, state)
+                )
+                position = self._resume(position, reason)
+                if reason is not None:
+                    lost.add(channel)
+                self.positions[channel] = position
+                self.channels[channel] = await self._consume(
+                    subject, _client.parse_id(position)[1] + 1
+                )
+            if self.patterns:
+                info = await backend.within(_client.stream_info(backend, client))
+                for pattern, position in list(self.pattern_positions.items()):
+                    reason = _pattern_gap(position, info)
+                    position = self._resume(position, reason)
+                    if reason is not None:
+                        lost.add(pattern)
+                    self.pattern_positions[pattern] = position
+                    subject = _client.pattern_filter(backend.prefix, pattern)
+                    self.patterns[pattern] = await self._consume(
+                        subject, _client.parse_id(position)[1] + 1
+                    )
+        except NATS_ERRORS as exc:
+            raise backend.unavailable(exc) from exc
+        return lost
+
+    def _resume(self, position: str, reason: str | None) -> str:
+        """Where to resume: after ``position``, or from the start of a stream made anew."""
+        if reason == "reset" and _client.parse_id(position)[0] != self.epoch:
+            return _client.make_id(self.epoch, 0)
+        return position
+
+    async def close(self) -> None:
+        self.generation += 1
+        client, self.client = self.client, None
+        self.inbox.clear()
+        self.channels = dict.fromkeys(self.channels, _Consumer("", None))
+        self.patterns = dict.fromkeys(self.patterns, _Consumer("", None))
+        await _client.close(client)
+
+
+def _pattern_gap(position: str, info: Any) -> str | None:
+    """Whether a pattern lost messages after ``position``: proven only while the stream
+    has lost none since (nothing trimmed at its start, nothing deleted inside)."""
+    epoch, seq = _client.parse_id(position)
+    if info is None:
+        return None if position == ORIGIN else "reset"
+    if epoch != _client.epoch_of(info):
+        return "reset"
+    state = info.state
+    if state.first_seq <= seq + 1 and not state.num_deleted:
+        return None
+    return "trimmed"
