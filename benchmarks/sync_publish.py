@@ -3,7 +3,8 @@
     python -m benchmarks.sync_publish [--events N] [--rounds R]
 
 Cases: raw redis-py PUBLISH and XADD (the floors), ``broadcast.publish`` on
-``redis://``, ``redis+streams://`` and ``memory://``, and
+``redis://``, ``redis+streams://``, ``nats://`` (JetStream, at ``NATS_URL``) and
+``memory://``, and
 ``async_to_sync(channel_layer.group_send)`` on channels_redis's core and pub/sub
 layers (what a view pays with Channels today). Prints the median of several rounds.
 """
@@ -15,11 +16,14 @@ import uuid
 from collections.abc import Callable
 
 from ._common import (
+    NATS_URL,
     REDIS_URL,
     Table,
     delete_keys,
+    delete_nats_stream,
     interleaved_rates,
     machine,
+    nats_prefix,
     setup_django,
     streams_url,
     verdict,
@@ -38,6 +42,7 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
         "default": {"URL": "memory://"},
         "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
         "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
+        "nats": {"URL": NATS_URL, "OPTIONS": {"prefix": nats_prefix(prefix), "history": 1000}},
     }
     with override_settings(BROADCAST=aliases):
         return _run(events, rounds, anchor_events, prefix)
@@ -64,6 +69,7 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
     for alias, label in [
         ("pubsub", "redis://"),
         ("streams", "redis+streams://"),
+        ("nats", "nats://"),
         ("default", "memory://"),
     ]:
         instance = broadcasts[alias]
@@ -118,7 +124,9 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
             "target: redis:// >= 20x channels_redis", "", "", "", verdict(ours >= 20 * anchor)
         )
     raw.close()
+    broadcasts["nats"].close()
     delete_keys(prefix)
+    delete_nats_stream(prefix)
     return table
 
 
