@@ -340,13 +340,23 @@ class PrivateNats(PrivateServer):
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_healthy()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (a cluster's nodes are healthy only
+        once they see each other)."""
         self.process = subprocess.Popen(
             ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor),
              "-js", "-sd", self.dir, "--server_name", self.name, *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
+
+    def wait_healthy(self, timeout: float = 20) -> None:
+        """Return once ``/healthz`` says ok (JetStream ready), or raise."""
+        assert self.process is not None, "the server is not running"
+        deadline = time.monotonic() + timeout
         while not self.healthy():
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"private nats-server on port {self.port} did not start")
