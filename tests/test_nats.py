@@ -247,3 +247,29 @@ def test_the_private_server_answers_its_monitoring_port() -> None:
         pytest.skip("nats-server is not on PATH")
     finally:
         server.stop()
+
+
+async def test_a_consumer_lost_at_the_server_is_made_again(
+    channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer can go while the receiver's connection stays (the node that held it
+    went away): its heartbeats stop, and the receiver connects again and resumes."""
+    require_broker("nats")
+    monkeypatch.setattr(NatsBackend, "heartbeat", 0.2)
+    with using(BROKERS["nats"].entry()) as bc:
+        backend = bc.backend
+        async with bc.subscribe(channel) as sub:
+            first = await bc.apublish(channel, 1)
+            assert (await sub.get(timeout=TIMEOUT)).id == first.id
+            client = await nats.connect(backend.servers)  # type: ignore[attr-defined]
+            try:
+                jsm = client.jetstream()
+                for info in await jsm.consumers_info(backend.stream):  # type: ignore[attr-defined]
+                    if info.config.filter_subject == backend.subject(channel):  # type: ignore[attr-defined]
+                        await jsm.delete_consumer(backend.stream, info.name)  # type: ignore[attr-defined]
+            finally:
+                await client.close()
+            sent = await bc.apublish(channel, 2)  # while the channel has no consumer
+            event = await sub.get(timeout=TIMEOUT)
+            assert (event.id, event.data) == (sent.id, 2)  # no gap: nothing was lost
+        await bc.aclose()

@@ -165,7 +165,11 @@ def _part(text: str) -> bool:
 
 
 async def connect(
-    backend: NatsBackend, role: str, *, on_lost: Callable[[], Awaitable[None]] | None = None
+    backend: NatsBackend,
+    role: str,
+    *,
+    on_lost: Callable[[], Awaitable[None]] | None = None,
+    on_error: Callable[[Exception], Awaitable[None]] | None = None,
 ) -> Client:
     """A new connection to the first server of the list that answers, within TIMEOUT.
 
@@ -182,7 +186,7 @@ async def connect(
                 max_reconnect_attempts=1,  # each server of the list at most twice
                 reconnect_time_wait=0,
                 connect_timeout=max(1, round(backend.timeout)),
-                error_cb=_log_error,
+                error_cb=on_error or log_error,
                 disconnected_cb=on_lost,
                 closed_cb=on_lost,
             ),
@@ -197,7 +201,8 @@ async def connect(
     return client
 
 
-async def _log_error(exc: Exception) -> None:
+async def log_error(exc: Exception) -> None:
+    """nats-py's asynchronous errors, logged."""
     logger.debug("nats: %s", exc)
 
 
@@ -336,6 +341,7 @@ async def consume(
     subject: str,
     start: int,
     handle: Callable[[Msg], Awaitable[None]],
+    heartbeat: float | None = None,
 ) -> tuple[Any, api.ConsumerInfo]:
     """Subscribe an inbox with ``handle``, then create an ephemeral push consumer of
     ``subject`` that delivers to it from sequence ``start``; return the inbox's
@@ -354,6 +360,7 @@ async def consume(
         ack_policy=api.AckPolicy.NONE,
         mem_storage=True,
         inactive_threshold=backend.inactive_threshold,
+        idle_heartbeat=heartbeat,
     )
     try:
         info = await within(
@@ -407,6 +414,11 @@ async def read_stored(
     if latest and limit is not None:
         msgs = msgs[-limit:] if limit else []
     return [message_of(channel, msg, epoch=epoch) for msg in msgs]
+
+
+def is_heartbeat(msg: Msg) -> bool:
+    """Whether ``msg`` is a consumer's idle heartbeat (status 100), not an event."""
+    return bool(msg.headers) and msg.headers.get("Status") == "100"  # type: ignore[union-attr]
 
 
 def message_of(channel: str, msg: Msg, *, epoch: int, pattern: str | None = None) -> Message:

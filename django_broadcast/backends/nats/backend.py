@@ -49,6 +49,10 @@ class NatsBackend(Backend):
     #: Seconds after which the server deletes a consumer nobody listens to (one left
     #: by a process that died, or created by a request that timed out).
     inactive_threshold: ClassVar[float] = 5.0
+    #: Seconds between the idle heartbeats of a receiver's consumers; a consumer silent
+    #: for three of them is presumed lost (its server went away while the receiver's
+    #: stayed), and the receiver connects again and resumes every consumer.
+    heartbeat: ClassVar[float] = 10.0
 
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         super().__init__(location, options, timeout=timeout)

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from ..._timeouts import within
 from ..base import ConnectionLost, Message, Receiver
 from . import _client
 from ._client import NATS_ERRORS, ORIGIN, StreamState
@@ -53,6 +55,8 @@ class NatsReceiver(Receiver):
         self.positions: dict[str, str] = {}
         self.pattern_positions: dict[str, str] = {}
         self.inbox: list[tuple[str, Msg]] = []  # (consumer name, message), as delivered
+        self.owners: dict[str, tuple[str, str]] = {}  # consumer name -> (kind, key)
+        self.seen: dict[str, float] = {}  # consumer name -> when it last delivered
         self.wake = asyncio.Event()
         self.lost: str | None = None
         self.generation = 0  # of the connection, so that an old one's callbacks are ignored
@@ -66,7 +70,12 @@ class NatsReceiver(Receiver):
                 self.lost = self.lost or "the connection to the server dropped"
                 self.wake.set()
 
-        client = await _client.connect(self.backend, "receive", on_lost=dropped)
+        async def failed(exc: Exception) -> None:
+            await _client.log_error(exc)
+            if isinstance(exc, nats.errors.SlowConsumerError):  # nats-py dropped messages
+                await dropped()
+
+        client = await _client.connect(self.backend, "receive", on_lost=dropped, on_error=failed)
         self.lost = None
         try:
             info = await self.backend.within(_client.ensure_stream(self.backend, client))
@@ -83,20 +92,26 @@ class NatsReceiver(Receiver):
             raise ConnectionLost(self.lost or "not connected")
         return client
 
-    async def _consume(self, subject: str, start: int) -> _Consumer:
+    async def _consume(self, kind: str, key: str, subject: str, start: int) -> _Consumer:
         client = self._require()
         name = _client.consumer_name("live", self.backend.token)
+        loop = asyncio.get_running_loop()
 
         async def handle(msg: Msg) -> None:
-            self.inbox.append((name, msg))
-            self.wake.set()
+            self.seen[name] = loop.time()
+            if not _client.is_heartbeat(msg):
+                self.inbox.append((name, msg))
+                self.wake.set()
 
         try:
             sub, _ = await _client.consume(
-                self.backend, client, name=name, subject=subject, start=start, handle=handle
-            )
+                self.backend, client, name=name, subject=subject, start=start, handle=handle,
+                heartbeat=self.backend.heartbeat,
+            )  # fmt: skip
         except ConnectionLost as exc:
             raise self.backend.unavailable(exc) from exc
+        self.owners[name] = (kind, key)
+        self.seen[name] = loop.time()
         return _Consumer(name, sub)
 
     async def _position(self, subject: str | None) -> str:
@@ -123,7 +138,9 @@ class NatsReceiver(Receiver):
     async def subscribe(self, channel: str) -> str:
         subject = self.backend.subject(channel)
         position = await self._position(subject)
-        consumer = await self._consume(subject, _client.parse_id(position)[1] + 1)
+        consumer = await self._consume(
+            "channel", channel, subject, _client.parse_id(position)[1] + 1
+        )
         await self._drop(self.channels.pop(channel, None))
         self.channels[channel] = consumer
         self.positions[channel] = position
@@ -136,7 +153,9 @@ class NatsReceiver(Receiver):
     async def psubscribe(self, pattern: str) -> None:
         subject = _client.pattern_filter(self.backend.prefix, pattern)
         position = await self._position(None)
-        consumer = await self._consume(subject, _client.parse_id(position)[1] + 1)
+        consumer = await self._consume(
+            "pattern", pattern, subject, _client.parse_id(position)[1] + 1
+        )
         await self._drop(self.patterns.pop(pattern, None))
         self.patterns[pattern] = consumer
         self.pattern_positions[pattern] = position
@@ -146,10 +165,15 @@ class NatsReceiver(Receiver):
         await self._drop(self.patterns.pop(pattern, None))
 
     async def _drop(self, consumer: _Consumer | None) -> None:
-        if consumer is not None and consumer.sub is not None and self.client is not None:
+        if consumer is None:
+            return
+        self.owners.pop(consumer.name, None)
+        self.seen.pop(consumer.name, None)
+        if consumer.sub is not None and self.client is not None:
             await _client.release(self.backend, self.client, consumer.sub, consumer.name)
 
     async def read(self) -> Sequence[Message]:
+        heartbeat = self.backend.heartbeat
         while True:
             self._require()
             if self.inbox:
@@ -159,15 +183,22 @@ class NatsReceiver(Receiver):
                     return messages
             self.wake.clear()
             if not self.inbox and self.lost is None:
-                await self.wake.wait()
+                try:
+                    await within(self.wake.wait(), heartbeat)
+                except TimeoutError:
+                    self._check_heartbeats(3 * heartbeat)
+
+    def _check_heartbeats(self, limit: float) -> None:
+        """Call the connection lost where a consumer has been silent past ``limit``."""
+        now = asyncio.get_running_loop().time()
+        if self.seen and now - min(self.seen.values()) > limit:
+            self.lost = f"a consumer sent no heartbeat for {limit:g} s"
 
     def _messages(self, batch: list[tuple[str, Msg]]) -> list[Message]:
         prefix, epoch = self.backend.prefix, self.epoch
-        by_name = {c.name: ("channel", key) for key, c in self.channels.items()}
-        by_name.update({c.name: ("pattern", key) for key, c in self.patterns.items()})
         messages: list[Message] = []
         for name, msg in batch:
-            owner = by_name.get(name)
+            owner = self.owners.get(name)
             if owner is None:
                 continue  # from a consumer since dropped
             kind, key = owner
@@ -199,9 +230,8 @@ class NatsReceiver(Receiver):
                 if reason is not None:
                     lost.add(channel)
                 self.positions[channel] = position
-                self.channels[channel] = await self._consume(
-                    subject, _client.parse_id(position)[1] + 1
-                )
+                start = _client.parse_id(position)[1] + 1
+                self.channels[channel] = await self._consume("channel", channel, subject, start)
             if self.patterns:
                 info = await backend.within(_client.stream_info(backend, client))
                 for pattern, position in list(self.pattern_positions.items()):
@@ -211,9 +241,8 @@ class NatsReceiver(Receiver):
                         lost.add(pattern)
                     self.pattern_positions[pattern] = position
                     subject = _client.pattern_filter(backend.prefix, pattern)
-                    self.patterns[pattern] = await self._consume(
-                        subject, _client.parse_id(position)[1] + 1
-                    )
+                    start = _client.parse_id(position)[1] + 1
+                    self.patterns[pattern] = await self._consume("pattern", pattern, subject, start)
         except NATS_ERRORS as exc:
             raise backend.unavailable(exc) from exc
         return lost
@@ -228,6 +257,8 @@ class NatsReceiver(Receiver):
         self.generation += 1
         client, self.client = self.client, None
         self.inbox.clear()
+        self.owners.clear()
+        self.seen.clear()
         self.channels = dict.fromkeys(self.channels, _Consumer("", None))
         self.patterns = dict.fromkeys(self.patterns, _Consumer("", None))
         await _client.close(client)
