@@ -25,6 +25,7 @@ def test_sync_publish_benchmark_runs() -> None:
         "publish redis://",
         "publish redis+streams://",
         "publish nats://",
+        "nats-py JetStream publish",
         "channels_redis",
     ):
         assert case in table
