@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import fnmatch
 import itertools
+import json
 import logging
 import re
 import secrets
@@ -342,19 +343,22 @@ async def consume(
     start: int,
     handle: Callable[[Msg], Awaitable[None]],
     heartbeat: float | None = None,
+    push: bool = True,
 ) -> tuple[Any, api.ConsumerInfo]:
-    """Subscribe an inbox with ``handle``, then create an ephemeral push consumer of
-    ``subject`` that delivers to it from sequence ``start``; return the inbox's
-    subscription and the consumer's info. Within TIMEOUT, or raise
-    ``BroadcastUnavailable`` having undone both (the consumer's deletion is sent
-    after its creation, so that a server that runs the creation late runs it too).
+    """Subscribe an inbox with ``handle``, then create an ephemeral consumer of
+    ``subject`` from sequence ``start``: a push consumer that delivers to the inbox, or
+    (``push=False``) a pull consumer whose batches are asked for with the inbox as
+    the reply subject; return the inbox's subscription and the consumer's info.
+    Within TIMEOUT, or raise ``BroadcastUnavailable`` having undone both (the
+    consumer's deletion is sent after its creation, so that a server that runs the
+    creation late runs it too).
     """
     inbox = client.new_inbox()
     sub = await client.subscribe(inbox, cb=handle)
     config = api.ConsumerConfig(
         name=name,
         filter_subject=subject,
-        deliver_subject=inbox,
+        deliver_subject=inbox if push else None,
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=max(start, 1),
         ack_policy=api.AckPolicy.NONE,
@@ -403,12 +407,21 @@ async def read_stored(
 
     name = consumer_name("read", backend.token)
     sub, info = await consume(
-        backend, client, name=name, subject=subject, start=start, handle=handle
+        backend, client, name=name, subject=subject, start=start, handle=handle, push=False
     )
+    msgs: list[Msg] = []
     try:
         pending = info.num_pending or 0
         wanted = pending if limit is None or latest else min(pending, limit)
-        msgs = [await backend.within(received.get()) for _ in range(wanted)]
+        if wanted:
+            request = json.dumps({"batch": wanted, "no_wait": True}).encode()
+            next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{backend.stream}.{name}"
+            await client.publish(next_subject, request, reply=sub.subject)
+        while len(msgs) < wanted:
+            msg = await backend.within(received.get())
+            if msg.headers and msg.headers.get("Status"):
+                break  # no more (trimmed meanwhile): 404, or the request expired
+            msgs.append(msg)
     finally:
         await release(backend, client, sub, name)
     if latest and limit is not None:
