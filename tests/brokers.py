@@ -432,15 +432,17 @@ class NatsBroker(Broker):
             if info.config.filter_subject == subject and info.name.startswith("live-")
         )
 
-    async def delete_stream(self) -> None:
-        """Delete this run's stream on the shared server."""
+    async def delete_streams(self) -> None:
+        """Delete this run's streams on the shared server (named after its prefixes)."""
         import nats
 
         client = await nats.connect(NATS_URL)
         try:
-            await client.jetstream().delete_stream(NATS_PREFIX)
-        except Exception:
-            pass
+            jsm = client.jetstream()
+            for info in await jsm.streams_info():
+                name = info.config.name or ""
+                if name.startswith((NATS_PREFIX, PREFIX)):
+                    await jsm.delete_stream(name)
         finally:
             await client.close()
 

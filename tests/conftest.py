@@ -183,13 +183,13 @@ def _delete_test_keys() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _delete_test_stream() -> Iterator[None]:
+def _delete_test_streams() -> Iterator[None]:
     yield
     broker = BROKERS["nats"]
     if broker.reachable():
         import asyncio
 
-        asyncio.run(broker.delete_stream())  # type: ignore[attr-defined]
+        asyncio.run(broker.delete_streams())  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 MAX_PAYLOAD = 1024 * 1024
 #: The position before anything: resuming from it reads a channel from its start.
 ORIGIN = "0-0"
-_MAX_ID_PART_DIGITS = 20
+_MAX_ID_PART = 2**64 - 1  # JetStream sequences are unsigned 64-bit numbers
+_MAX_ID_PART_DIGITS = len(str(_MAX_ID_PART))
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _STREAM_IN_USE = 10058  # JetStream: stream name already in use with a different config
 _NOT_FOUND = 404
@@ -70,7 +71,7 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]+")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-:]+")
 
 
 def prefix_problem(prefix: object) -> str | None:
@@ -79,7 +80,7 @@ def prefix_problem(prefix: object) -> str | None:
         return None
     return (
         f"option 'prefix' must be one or more dot-separated words of ASCII letters, "
-        f"digits, '-' or '_' (such as 'broadcast' or 'site.events'), not {prefix!r}"
+        f"digits, '-', '_' or ':' (such as 'broadcast' or 'site.events'), not {prefix!r}"
     )
 
 
@@ -87,7 +88,7 @@ def stream_problem(name: object) -> str | None:
     """Why ``name`` cannot name a JetStream stream, or None."""
     if isinstance(name, str) and _TOKEN_RE.fullmatch(name):
         return None
-    return f"option 'stream' must be ASCII letters, digits, '-' or '_', not {name!r}"
+    return f"option 'stream' must be ASCII letters, digits, '-', '_' or ':', not {name!r}"
 
 
 def _token(text: str) -> str:
@@ -152,14 +153,19 @@ def parse_id(event_id: object) -> tuple[int, int]:
         if sep and _part(epoch) and _part(seq):
             return int(epoch), int(seq)
     raise ValueError(
-        f"{event_id!r} is not an event id of the NATS backend: expected the stream's "
-        f"epoch and a sequence number, two decimal numbers of ASCII digits (at most "
-        f"{_MAX_ID_PART_DIGITS} each) joined by '-', such as '1700000000000000-42'"
+        f"{event_id!r} is not an event id of the NATS backend: expected a stream id, the "
+        f"stream's epoch and a sequence number, two decimal numbers of ASCII digits from "
+        f"0 to {_MAX_ID_PART} joined by '-', such as '1700000000000000-42'"
     )
 
 
 def _part(text: str) -> bool:
-    return 0 < len(text) <= _MAX_ID_PART_DIGITS and text.isascii() and text.isdigit()
+    return (
+        0 < len(text) <= _MAX_ID_PART_DIGITS
+        and text.isascii()
+        and text.isdigit()
+        and int(text) <= _MAX_ID_PART
+    )
 
 
 # Connections ------------------------------------------------------------------------

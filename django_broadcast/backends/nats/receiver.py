@@ -103,21 +103,27 @@ class NatsReceiver(Receiver):
                 self.inbox.append((name, msg))
                 self.wake.set()
 
+        # Known before it is made: the listener may read its first messages before
+        # the server has answered.
+        self.owners[name] = (kind, key)
+        self.seen[name] = loop.time()
         try:
             sub, _ = await _client.consume(
                 self.backend, client, name=name, subject=subject, start=start, handle=handle,
                 heartbeat=self.backend.heartbeat,
             )  # fmt: skip
-        except ConnectionLost as exc:
-            raise self.backend.unavailable(exc) from exc
-        self.owners[name] = (kind, key)
-        self.seen[name] = loop.time()
+        except BaseException as exc:
+            self.owners.pop(name, None)
+            self.seen.pop(name, None)
+            if isinstance(exc, ConnectionLost):
+                raise self.backend.unavailable(exc) from exc
+            raise
         return _Consumer(name, sub)
 
-    async def _position(self, subject: str | None) -> str:
+    async def _position(self, subject: str | None) -> tuple[str, bool]:
         """The stream's position for ``subject``: its last message's sequence, or the
         stream's last sequence where it has none or for a pattern (None): ids are the
-        stream's sequences."""
+        stream's sequences; and whether the subject has no message."""
         backend, client = self.backend, self._require()
         try:
             info = await backend.within(_client.stream_info(backend, client, subject))
@@ -133,18 +139,24 @@ class NatsReceiver(Receiver):
         except NATS_ERRORS as exc:
             raise backend.unavailable(exc) from exc
         self.epoch = state.epoch
-        return _client.make_id(state.epoch, seq)
+        return _client.make_id(state.epoch, seq), not state.count
 
     async def subscribe(self, channel: str) -> str:
+        """Return the channel's last id, or the origin where it has none (and then
+        keep the stream's last sequence as its position: resuming from there proves
+        continuity with fewer conditions than from the origin)."""
         subject = self.backend.subject(channel)
-        position = await self._position(subject)
-        consumer = await self._consume(
-            "channel", channel, subject, _client.parse_id(position)[1] + 1
-        )
+        position, empty = await self._position(subject)
+        previous = self.positions.get(channel)
+        self.positions[channel] = position  # before any message of the consumer is read
+        try:
+            consumer = await self._consume("channel", channel, subject, _next(position))
+        except BaseException:
+            _restore(self.positions, channel, previous)
+            raise
         await self._drop(self.channels.pop(channel, None))
         self.channels[channel] = consumer
-        self.positions[channel] = position
-        return position
+        return ORIGIN if empty else position
 
     async def unsubscribe(self, channel: str) -> None:
         self.positions.pop(channel, None)
@@ -152,13 +164,16 @@ class NatsReceiver(Receiver):
 
     async def psubscribe(self, pattern: str) -> None:
         subject = _client.pattern_filter(self.backend.prefix, pattern)
-        position = await self._position(None)
-        consumer = await self._consume(
-            "pattern", pattern, subject, _client.parse_id(position)[1] + 1
-        )
+        position, _ = await self._position(None)
+        previous = self.pattern_positions.get(pattern)
+        self.pattern_positions[pattern] = position
+        try:
+            consumer = await self._consume("pattern", pattern, subject, _next(position))
+        except BaseException:
+            _restore(self.pattern_positions, pattern, previous)
+            raise
         await self._drop(self.patterns.pop(pattern, None))
         self.patterns[pattern] = consumer
-        self.pattern_positions[pattern] = position
 
     async def punsubscribe(self, pattern: str) -> None:
         self.pattern_positions.pop(pattern, None)
@@ -230,8 +245,9 @@ class NatsReceiver(Receiver):
                 if reason is not None:
                     lost.add(channel)
                 self.positions[channel] = position
-                start = _client.parse_id(position)[1] + 1
-                self.channels[channel] = await self._consume("channel", channel, subject, start)
+                self.channels[channel] = await self._consume(
+                    "channel", channel, subject, _next(position)
+                )
             if self.patterns:
                 info = await backend.within(_client.stream_info(backend, client))
                 for pattern, position in list(self.pattern_positions.items()):
@@ -241,8 +257,9 @@ class NatsReceiver(Receiver):
                         lost.add(pattern)
                     self.pattern_positions[pattern] = position
                     subject = _client.pattern_filter(backend.prefix, pattern)
-                    start = _client.parse_id(position)[1] + 1
-                    self.patterns[pattern] = await self._consume("pattern", pattern, subject, start)
+                    self.patterns[pattern] = await self._consume(
+                        "pattern", pattern, subject, _next(position)
+                    )
         except NATS_ERRORS as exc:
             raise backend.unavailable(exc) from exc
         return lost
@@ -276,3 +293,15 @@ def _pattern_gap(position: str, info: Any) -> str | None:
     if state.first_seq <= seq + 1 and not state.num_deleted:
         return None
     return "trimmed"
+
+
+def _next(position: str) -> int:
+    """The sequence after ``position``, where its consumer starts."""
+    return _client.parse_id(position)[1] + 1
+
+
+def _restore(positions: dict[str, str], key: str, previous: str | None) -> None:
+    if previous is None:
+        positions.pop(key, None)
+    else:
+        positions[key] = previous
