@@ -6,8 +6,10 @@ loop thread of sync publishing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import nats
 import pytest
@@ -253,23 +255,38 @@ async def test_a_consumer_lost_at_the_server_is_made_again(
     channel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A consumer can go while the receiver's connection stays (the node that held it
-    went away): its heartbeats stop, and the receiver connects again and resumes."""
+    went away): its heartbeats stop, and the receiver connects again and resumes,
+    though another channel of the receiver stays busy."""
     require_broker("nats")
     monkeypatch.setattr(NatsBackend, "heartbeat", 0.2)
+    busy = f"{channel}.busy"
     with using(BROKERS["nats"].entry()) as bc:
-        backend = bc.backend
-        async with bc.subscribe(channel) as sub:
+        backend: Any = bc.backend
+        async with bc.subscribe(channel) as sub, bc.subscribe(busy) as busy_sub:
             first = await bc.apublish(channel, 1)
             assert (await sub.get(timeout=TIMEOUT)).id == first.id
-            client = await nats.connect(backend.servers)  # type: ignore[attr-defined]
+
+            async def keep_busy() -> None:
+                while True:
+                    await bc.apublish(busy, "busy")
+                    await busy_sub.get(timeout=TIMEOUT)
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(keep_busy())
             try:
-                jsm = client.jetstream()
-                for info in await jsm.consumers_info(backend.stream):  # type: ignore[attr-defined]
-                    if info.config.filter_subject == backend.subject(channel):  # type: ignore[attr-defined]
-                        await jsm.delete_consumer(backend.stream, info.name)  # type: ignore[attr-defined]
+                client = await nats.connect(backend.servers)
+                try:
+                    jsm = client.jetstream()
+                    for info in await jsm.consumers_info(backend.stream):
+                        if info.config.filter_subject == backend.subject(channel):
+                            await jsm.delete_consumer(backend.stream, info.name)
+                finally:
+                    await client.close()
+                sent = await bc.apublish(channel, 2)  # while the channel has no consumer
+                event = await sub.get(timeout=TIMEOUT)
+                assert (event.id, event.data) == (sent.id, 2)  # no gap: nothing was lost
             finally:
-                await client.close()
-            sent = await bc.apublish(channel, 2)  # while the channel has no consumer
-            event = await sub.get(timeout=TIMEOUT)
-            assert (event.id, event.data) == (sent.id, 2)  # no gap: nothing was lost
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await bc.aclose()

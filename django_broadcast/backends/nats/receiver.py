@@ -4,6 +4,7 @@ ephemeral JetStream push consumer per channel and per pattern."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ class NatsReceiver(Receiver):
         self.wake = asyncio.Event()
         self.lost: str | None = None
         self.generation = 0  # of the connection, so that an old one's callbacks are ignored
+        self.next_check = 0.0  # when read() next looks for silent consumers
 
     async def open(self) -> None:
         self.generation += 1
@@ -189,8 +191,13 @@ class NatsReceiver(Receiver):
 
     async def read(self) -> Sequence[Message]:
         heartbeat = self.backend.heartbeat
+        loop = asyncio.get_running_loop()
         while True:
             self._require()
+            if loop.time() >= self.next_check:  # busy channels must not hide a quiet one
+                self._check_heartbeats(loop.time(), 3 * heartbeat)
+                self.next_check = loop.time() + heartbeat
+                self._require()
             if self.inbox:
                 batch, self.inbox = self.inbox, []
                 messages = self._messages(batch)
@@ -198,14 +205,11 @@ class NatsReceiver(Receiver):
                     return messages
             self.wake.clear()
             if not self.inbox and self.lost is None:
-                try:
-                    await within(self.wake.wait(), heartbeat)
-                except TimeoutError:
-                    self._check_heartbeats(3 * heartbeat)
+                with contextlib.suppress(TimeoutError):
+                    await within(self.wake.wait(), max(0.0, self.next_check - loop.time()))
 
-    def _check_heartbeats(self, limit: float) -> None:
+    def _check_heartbeats(self, now: float, limit: float) -> None:
         """Call the connection lost where a consumer has been silent past ``limit``."""
-        now = asyncio.get_running_loop().time()
         if self.seen and now - min(self.seen.values()) > limit:
             self.lost = f"a consumer sent no heartbeat for {limit:g} s"
 
