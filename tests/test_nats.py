@@ -16,7 +16,7 @@ import pytest
 
 from django_broadcast import Broadcast
 from django_broadcast.backends.nats import NatsBackend
-from django_broadcast.backends.nats import _client as nats_client
+from django_broadcast.backends.nats import _names as nats_names
 
 from .brokers import BROKERS, NATS_PREFIX, PrivateNats, free_port
 from .conftest import require_broker, using
@@ -46,14 +46,14 @@ def nats_bc() -> Iterator[Broadcast]:
     ],
 )
 def test_channel_names_map_to_valid_subjects_and_back(channel: str, subject: str) -> None:
-    assert nats_client.channel_subject("p", channel) == subject
-    assert nats_client.subject_channel("p", subject) == channel
+    assert nats_names.channel_subject("p", channel) == subject
+    assert nats_names.subject_channel("p", subject) == channel
 
 
 def test_no_two_channels_share_a_subject() -> None:
     names = ["a", "a.", ".a", "a..", "a_", "a__", "_a", "a._", "a.__", "a..b", "a._.b", "_", "__"]
     names += [f"{x}.{y}" for x in ("", "_", "a") for y in ("", "_", "a")]
-    subjects = {nats_client.channel_subject("p", n) for n in names}
+    subjects = {nats_names.channel_subject("p", n) for n in names}
     assert len(subjects) == len(set(names))
     for subject in subjects:
         assert all(token and " " not in token for token in subject.split("."))
@@ -74,7 +74,7 @@ def test_no_two_channels_share_a_subject() -> None:
 def test_patterns_map_to_the_narrowest_filter_that_covers_them(
     pattern: str, subject_filter: str
 ) -> None:
-    assert nats_client.pattern_filter("p", pattern) == subject_filter
+    assert nats_names.pattern_filter("p", pattern) == subject_filter
 
 
 async def test_odd_channel_names_each_get_their_own_events(
@@ -171,7 +171,7 @@ async def test_a_publish_returns_the_jetstream_sequence(nats_bc: Broadcast, chan
 )
 def test_malformed_ids_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="not an event id of the NATS backend"):
-        nats_client.parse_id(bad)
+        nats_names.parse_id(bad)
 
 
 @pytest.mark.parametrize(
@@ -195,12 +195,12 @@ def test_bad_options_are_named(options: dict[str, object], message: str) -> None
 
 
 def test_a_url_may_list_several_servers() -> None:
-    assert nats_client.servers("nats://a:1,b:2, nats://c:3") == [
+    assert nats_names.servers("nats://a:1,b:2, nats://c:3") == [
         "nats://a:1",
         "nats://b:2",
         "nats://c:3",
     ]
-    assert nats_client.safe_url("nats://u:secret@a:1") == "nats://***@a:1"
+    assert nats_names.safe_url("nats://u:secret@a:1") == "nats://***@a:1"
 
 
 def test_a_dead_server_in_the_list_is_skipped(channel: str) -> None:

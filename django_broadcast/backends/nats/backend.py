@@ -19,8 +19,9 @@ from nats.js import api
 from ..._timeouts import within
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Receiver
-from . import _client
-from ._client import MAX_PAYLOAD, NATS_ERRORS, ORIGIN, StreamState
+from . import _client, _names
+from ._client import MAX_PAYLOAD, NATS_ERRORS, StreamState
+from ._names import ORIGIN
 
 __all__ = ["NatsBackend"]
 
@@ -56,7 +57,7 @@ class NatsBackend(Backend):
 
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         super().__init__(location, options, timeout=timeout)
-        self.servers = _client.servers(location)
+        self.servers = _names.servers(location)
         self.prefix: str = self.options.get("prefix", "broadcast")
         self.stream: str = self.options.get("stream", self.prefix.replace(".", "_"))
         self.history_size: int = self.options.get("history", 1000)
@@ -65,7 +66,7 @@ class NatsBackend(Backend):
         self.storage: str = self.options.get("storage", "file")
         #: Names this process's consumers.
         self.token = _client.new_token()
-        self._safe_servers = ", ".join(_client.safe_url(s) for s in self.servers)
+        self._safe_servers = ", ".join(_names.safe_url(s) for s in self.servers)
         self._links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link]
         self._links = weakref.WeakKeyDictionary()
         self._thread: _LoopThread | None = None
@@ -75,9 +76,9 @@ class NatsBackend(Backend):
     def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
         """The base checks, and the prefix, stream name and storage."""
         problems = super().validate_options(options)
-        if "prefix" in options and (problem := _client.prefix_problem(options["prefix"])):
+        if "prefix" in options and (problem := _names.prefix_problem(options["prefix"])):
             problems.append(problem)
-        if "stream" in options and (problem := _client.stream_problem(options["stream"])):
+        if "stream" in options and (problem := _names.stream_problem(options["stream"])):
             problems.append(problem)
         storage = options.get("storage", "file")
         if storage not in _STORAGE:
@@ -91,7 +92,7 @@ class NatsBackend(Backend):
 
     def subject(self, channel: str) -> str:
         """The NATS subject of ``channel``."""
-        return _client.channel_subject(self.prefix, channel)
+        return _names.channel_subject(self.prefix, channel)
 
     def stream_config(self) -> api.StreamConfig:
         """The JetStream stream of the alias, as OPTIONS describe it."""
@@ -149,20 +150,20 @@ class NatsBackend(Backend):
 
     def id_key(self, event_id: str) -> tuple[int, int]:
         """Ids sort as ``(stream epoch, sequence)``, each of ASCII digits."""
-        return _client.parse_id(event_id)
+        return _names.parse_id(event_id)
 
     # History ----------------------------------------------------------------------------
 
     def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """Read the channel's stored messages on the loop thread."""
         if since is not None:
-            _client.parse_id(since)
+            _names.parse_id(since)
         return self._sync(lambda link: link.history(channel, limit, since))
 
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """:meth:`history` from async code."""
         if since is not None:
-            _client.parse_id(since)
+            _names.parse_id(since)
         return await self._link().history(channel, limit, since)
 
     # Receiving and lifetime -----------------------------------------------------------
@@ -229,7 +230,7 @@ class _Link:
                     if isinstance(exc, NATS_ERRORS):
                         raise self.backend.unavailable(exc, maybe_sent=maybe_sent) from exc
                     raise
-                self.client, self.epoch = client, _client.epoch_of(info)
+                self.client, self.epoch = client, _names.epoch_of(info)
             return client, self.epoch
 
     async def publish(self, channel: str, payload: bytes) -> str:
@@ -251,7 +252,7 @@ class _Link:
             except NATS_ERRORS as exc:
                 await self.close()
                 raise backend.unavailable(exc, maybe_sent=True) from exc
-            return _client.make_id(epoch, ack.seq)
+            return _names.make_id(epoch, ack.seq)
         raise AssertionError("unreachable")
 
     async def _restream(self, client: Client) -> int:
@@ -260,7 +261,7 @@ class _Link:
             info = await self.backend.within(_client.ensure_stream(self.backend, client))
         except NATS_ERRORS as exc:
             raise self.backend.unavailable(exc, maybe_sent=False) from exc
-        self.epoch = _client.epoch_of(info)
+        self.epoch = _names.epoch_of(info)
         return self.epoch
 
     async def history(self, channel: str, limit: int | None, since: str | None) -> HistoryPage:
@@ -276,7 +277,7 @@ class _Link:
             start = state.first
             if since is not None:
                 reason = await backend.within(_client.gap(backend, client, subject, since, state))
-                epoch, seq = _client.parse_id(since)
+                epoch, seq = _names.parse_id(since)
                 start = seq + 1 if since == ORIGIN or epoch == state.epoch else 1
             if not state.count or start > state.last:
                 return HistoryPage([], gap=reason is not None)

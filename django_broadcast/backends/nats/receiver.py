@@ -15,8 +15,9 @@ from nats.aio.msg import Msg
 
 from ..._timeouts import within
 from ..base import ConnectionLost, Message, Receiver
-from . import _client
-from ._client import NATS_ERRORS, ORIGIN, StreamState
+from . import _client, _names
+from ._client import NATS_ERRORS, StreamState
+from ._names import ORIGIN
 
 if TYPE_CHECKING:
     from .backend import NatsBackend
@@ -86,7 +87,7 @@ class NatsReceiver(Receiver):
             if isinstance(exc, NATS_ERRORS):
                 raise self.backend.unavailable(exc) from exc
             raise
-        self.client, self.epoch = client, _client.epoch_of(info)
+        self.client, self.epoch = client, _names.epoch_of(info)
 
     def _require(self) -> Client:
         client = self.client
@@ -141,7 +142,7 @@ class NatsReceiver(Receiver):
         except NATS_ERRORS as exc:
             raise backend.unavailable(exc) from exc
         self.epoch = state.epoch
-        return _client.make_id(state.epoch, seq), not state.count
+        return _names.make_id(state.epoch, seq), not state.count
 
     async def subscribe(self, channel: str) -> str:
         """Return the channel's last id, or the origin where it has none (and then
@@ -165,7 +166,7 @@ class NatsReceiver(Receiver):
         await self._drop(self.channels.pop(channel, None))
 
     async def psubscribe(self, pattern: str) -> None:
-        subject = _client.pattern_filter(self.backend.prefix, pattern)
+        subject = _names.pattern_filter(self.backend.prefix, pattern)
         position, _ = await self._position(None)
         previous = self.pattern_positions.get(pattern)
         self.pattern_positions[pattern] = position
@@ -223,12 +224,12 @@ class NatsReceiver(Receiver):
             kind, key = owner
             seq = msg.metadata.sequence.stream
             if kind == "channel":
-                self.positions[key] = _client.make_id(epoch, seq)
+                self.positions[key] = _names.make_id(epoch, seq)
                 messages.append(_client.message_of(key, msg, epoch=epoch))
                 continue
-            self.pattern_positions[key] = _client.make_id(epoch, seq)
-            channel = _client.subject_channel(prefix, msg.subject)
-            if _client.matches(channel, key):
+            self.pattern_positions[key] = _names.make_id(epoch, seq)
+            channel = _names.subject_channel(prefix, msg.subject)
+            if _names.matches(channel, key):
                 messages.append(_client.message_of(channel, msg, epoch=epoch, pattern=key))
         return messages
 
@@ -260,7 +261,7 @@ class NatsReceiver(Receiver):
                     if reason is not None:
                         lost.add(pattern)
                     self.pattern_positions[pattern] = position
-                    subject = _client.pattern_filter(backend.prefix, pattern)
+                    subject = _names.pattern_filter(backend.prefix, pattern)
                     self.patterns[pattern] = await self._consume(
                         "pattern", pattern, subject, _next(position)
                     )
@@ -270,8 +271,8 @@ class NatsReceiver(Receiver):
 
     def _resume(self, position: str, reason: str | None) -> str:
         """Where to resume: after ``position``, or from the start of a stream made anew."""
-        if reason == "reset" and _client.parse_id(position)[0] != self.epoch:
-            return _client.make_id(self.epoch, 0)
+        if reason == "reset" and _names.parse_id(position)[0] != self.epoch:
+            return _names.make_id(self.epoch, 0)
         return position
 
     async def close(self) -> None:
@@ -288,10 +289,10 @@ class NatsReceiver(Receiver):
 def _pattern_gap(position: str, info: Any) -> str | None:
     """Whether a pattern lost messages after ``position``: proven only while the stream
     has lost none since (nothing trimmed at its start, nothing deleted inside)."""
-    epoch, seq = _client.parse_id(position)
+    epoch, seq = _names.parse_id(position)
     if info is None:
         return None if position == ORIGIN else "reset"
-    if epoch != _client.epoch_of(info):
+    if epoch != _names.epoch_of(info):
         return "reset"
     state = info.state
     if state.first_seq <= seq + 1 and not state.num_deleted:
@@ -301,7 +302,7 @@ def _pattern_gap(position: str, info: Any) -> str | None:
 
 def _next(position: str) -> int:
     """The sequence after ``position``, where its consumer starts."""
-    return _client.parse_id(position)[1] + 1
+    return _names.parse_id(position)[1] + 1
 
 
 def _restore(positions: dict[str, str], key: str, previous: str | None) -> None:
