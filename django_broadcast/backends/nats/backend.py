@@ -8,7 +8,7 @@ import concurrent.futures
 import contextlib
 import threading
 import weakref
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import nats.errors
@@ -22,6 +22,7 @@ from ..base import Backend, Features, HistoryPage, Receiver
 from . import _client, _names
 from ._client import MAX_PAYLOAD, NATS_ERRORS, StreamState
 from ._names import ORIGIN
+from .receiver import NatsReceiver
 
 __all__ = ["NatsBackend"]
 
@@ -170,8 +171,6 @@ class NatsBackend(Backend):
 
     def receiver(self) -> Receiver:
         """A receiver with its own connection for the running loop."""
-        from .receiver import NatsReceiver
-
         return NatsReceiver(self)
 
     def _link(self) -> _Link:
@@ -181,7 +180,10 @@ class NatsBackend(Backend):
             link = self._links[loop] = _Link(self, "publish")
         return link
 
-    def _sync(self, call: Any, *, publishing: bool = False) -> Any:  # call: _Link -> Coroutine
+    def _sync(
+        self, call: Callable[[_Link], Coroutine[Any, Any, T]], *, publishing: bool = False
+    ) -> T:
+        """Run ``call``'s coroutine on the loop thread (started on first use)."""
         with self._thread_lock:
             if self._thread is None:
                 self._thread = _LoopThread(_Link(self, "sync"))
