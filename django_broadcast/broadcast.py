@@ -14,6 +14,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
+from ._loops import is_throwaway
 from .backends import schemes
 from .backends.base import Backend, Features, HistoryPage, Message
 from .codec import Codec
@@ -303,6 +304,10 @@ class Broadcast:
         are sync-only; publish from the sync code that holds the transaction.
         """
         payload, ms = self._encode(channel, type, data)
+        if is_throwaway(asyncio.get_running_loop()):
+            # async_to_sync made this loop for this one call from sync code: the sync
+            # path needs no connection of its own and may block it.
+            return self._send(channel, type, data, payload, ms)
         started = perf_counter()
         event_id = await self.backend.apublish(channel, payload)
         counters = self.counters

@@ -11,6 +11,7 @@ import gc
 import inspect
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -23,10 +24,12 @@ from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_broadcast import Broadcast, MessageTooLarge
 from django_broadcast.layers import BroadcastChannelLayer
+from django_broadcast.registry import broadcasts
 
 from .conftest import Broker, PrivateRedis, using
 
@@ -671,6 +674,26 @@ def test_the_layer_declares_its_extensions_and_group_expiry() -> None:
     assert BroadcastChannelLayer().group_expiry == 86400
 
 
+@pytest.mark.parametrize(
+    ("config", "told"),
+    [
+        ({"hosts": ["redis://127.0.0.1:6379/0"]}, "BROADCAST['default']['URL']"),
+        ({"prefix": "asgi"}, "BROADCAST['default']['OPTIONS']['prefix']"),
+        ({"symmetric_encryption_keys": ["secret"]}, "rediss://"),
+        ({"serializer_format": "json", "using": "other"}, "'serializer_format'"),
+    ],
+)
+def test_channels_redis_keys_the_layer_does_not_take_are_refused(
+    config: dict[str, Any], told: str
+) -> None:
+    # Copied from a channels_redis CONFIG, they would otherwise do nothing, silently:
+    # no encryption where symmetric_encryption_keys promised it.
+    with pytest.raises(ImproperlyConfigured) as raised:
+        BroadcastChannelLayer(**config)
+    assert told in str(raised.value)
+    assert "using, expiry, capacity, channel_capacity, group_expiry" in str(raised.value)
+
+
 def test_the_layer_methods_are_coroutine_functions() -> None:
     layer = BroadcastChannelLayer()
     methods = ["send", "receive", "new_channel", "group_add", "group_discard", "group_send"]
@@ -832,3 +855,61 @@ async def test_a_plain_consumer_with_groups_gets_sync_publishes(bc: Broadcast) -
         finally:
             await communicator.disconnect()
             await channel_layers["default"].flush()
+
+
+# Sync code (WSGI views, management commands, Celery tasks) -----------------------------
+
+
+def test_sync_group_sends_leave_no_connection_open(private_redis: PrivateRedis) -> None:
+    """Each ``async_to_sync(group_send)`` from a thread without an event loop runs on a
+    loop of its own that asgiref closes after the call: none may leave a connection."""
+    import redis as redis_py
+
+    with override_settings(BROADCAST={"default": {"URL": private_redis.url}}):
+        layer = BroadcastChannelLayer()
+        admin = redis_py.Redis.from_url(private_redis.url)
+        try:
+
+            def publish_from_a_plain_thread() -> None:
+                for number in range(200):
+                    async_to_sync(layer.group_send)("g-sync", {"type": "n", "n": number})
+
+            opened = admin.info("stats")["total_connections_received"]
+            thread = threading.Thread(target=publish_from_a_plain_thread)
+            thread.start()
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+            clients = admin.client_list()
+            # This admin client and the alias's sync pool at most; none per call.
+            assert len(clients) <= 3, [c.get("name") for c in clients]
+            # And none opened per call either: such a call takes the sync path.
+            assert admin.info("stats")["total_connections_received"] - opened <= 2
+        finally:
+            admin.close()
+            broadcasts["default"].close()
+
+
+def test_short_lived_loops_that_subscribe_leave_no_connection_open(
+    private_redis: PrivateRedis,
+) -> None:
+    """Whatever a loop opened (its hub's receiving connection, its async client) is
+    closed with the loop."""
+    import redis as redis_py
+
+    async def subscribe_and_publish(number: int) -> None:
+        bc = broadcasts["default"]
+        async with bc.subscribe("short-lived") as subscription:
+            await bc.apublish("short-lived", number)
+            event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+            assert event.data == number
+
+    with override_settings(BROADCAST={"default": {"URL": private_redis.url}}):
+        admin = redis_py.Redis.from_url(private_redis.url)
+        try:
+            for number in range(20):
+                asyncio.run(subscribe_and_publish(number))
+            clients = admin.client_list()
+            assert len(clients) <= 3, [c.get("name") for c in clients]
+        finally:
+            admin.close()
+            broadcasts["default"].close()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from channels.exceptions import ChannelFull
 from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.layers import BaseChannelLayer
+from django.core.exceptions import ImproperlyConfigured
 
 from ..broadcast import Broadcast
 from ..events import RESERVED_PREFIX, Event
@@ -52,6 +53,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
 
     A message over the alias's ``max_message_size`` raises
     :class:`LayerMessageTooLarge`, a ``channels.exceptions.MessageTooLarge``.
+
+    Any other key (``hosts``, ``prefix``, ``symmetric_encryption_keys``... of a
+    channels_redis ``CONFIG``) raises ``ImproperlyConfigured`` saying where it belongs.
     """
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
@@ -65,6 +69,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
         group_expiry: int = 86400,
         **kwargs: Any,
     ) -> None:
+        if kwargs:
+            raise ImproperlyConfigured(_unknown_keys(using, kwargs))
         super().__init__(expiry=expiry, capacity=capacity)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.using = using
@@ -339,6 +345,29 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """Release this layer's subscriptions (the alias stays open)."""
         readers, self._readers = self._readers, {}
         await _gather(reader.stop() for reader in readers.values())
+
+
+#: Where the keys of a channels_redis ``CONFIG`` that the layer does not take belong.
+_ELSEWHERE = {
+    "hosts": "the Redis address is the alias's: set BROADCAST[{using!r}]['URL']",
+    "prefix": "set BROADCAST[{using!r}]['OPTIONS']['prefix']",
+    "symmetric_encryption_keys": (
+        "the layer does not encrypt messages: encrypt the connection to the broker (rediss:// URLs)"
+    ),
+}
+
+
+def _unknown_keys(using: str, keys: dict[str, Any]) -> str:
+    """The error for ``CONFIG`` keys the layer does not take: where each belongs."""
+    said = [
+        f"{key!r}: {_ELSEWHERE[key].format(using=using)}" if key in _ELSEWHERE else repr(key)
+        for key in sorted(keys)
+    ]
+    return (
+        f"BroadcastChannelLayer does not take the CONFIG key(s) {'; '.join(said)}. It takes "
+        f"using, expiry, capacity, channel_capacity, group_expiry (see the docs' "
+        f"migrating page)."
+    )
 
 
 async def _gather(awaitables: Iterable[Awaitable[None]]) -> None:
