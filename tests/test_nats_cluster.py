@@ -78,7 +78,7 @@ def aliases(**urls: str) -> dict[str, dict[str, Any]]:
     return {
         "default": {"URL": "memory://"},
         **{
-            name: {"URL": url, "OPTIONS": options, "TIMEOUT": 2, "RECONNECT_TIMEOUT": TIMEOUT}
+            name: {"URL": url, "OPTIONS": options, "TIMEOUT": 5, "RECONNECT_TIMEOUT": TIMEOUT}
             for name, url in urls.items()
         },
     }

@@ -123,24 +123,40 @@ async def stream_info(
 
 
 async def ensure_stream(backend: NatsBackend, client: Client) -> api.StreamInfo:
-    """Create the stream, or bring an existing one to the alias's OPTIONS."""
+    """The stream's info: read, and where the stream is missing created, or where its
+    limits differ from the alias's OPTIONS updated (reading first spares a cluster a
+    proposal to its meta group on every connection)."""
     jsm = client.jetstream()
     config = backend.stream_config()
-    try:
-        return await jsm.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != _STREAM_IN_USE:
-            raise backend.misconfigured(exc) from exc
-    info = await jsm.stream_info(backend.stream)
+    info = await stream_info(backend, client)
+    if info is None:
+        try:
+            return await jsm.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _STREAM_IN_USE:  # (else made meanwhile by another process)
+                raise backend.misconfigured(exc) from exc
+        info = await jsm.stream_info(backend.stream)
     if info.config.subjects != config.subjects:
         raise backend.misconfigured(
             f"stream {backend.stream!r} exists for subjects {info.config.subjects}, not "
             f"{config.subjects}; set OPTIONS['stream'] to a name of its own"
         )
+    if _same_limits(info.config, config):
+        return info
     try:
         return await jsm.update_stream(config)
     except nats.js.errors.APIError as exc:
         raise backend.misconfigured(exc) from exc
+
+
+def _same_limits(have: api.StreamConfig, want: api.StreamConfig) -> bool:
+    return (
+        have.max_msgs_per_subject == want.max_msgs_per_subject
+        and abs((have.max_age or 0) - (want.max_age or 0)) < 1e-6
+        and have.max_msg_size == want.max_msg_size
+        and have.storage == want.storage
+        and (have.num_replicas or 1) == (want.num_replicas or 1)
+    )
 
 
 @dataclass(frozen=True)
