@@ -387,8 +387,16 @@ class PrivateNats(PrivateServer):
         self.start()
 
     def freeze(self) -> None:
+        """SIGSTOP, and return once every thread of the server has stopped (a thread
+        busy in the kernel, say in an fsync of the store, stops when it returns)."""
         assert self.process is not None, "the server is not running"
         self.process.send_signal(signal.SIGSTOP)
+        tasks = f"/proc/{self.process.pid}/task"
+        deadline = time.monotonic() + 5
+        while not all(_stopped(f"{tasks}/{task}/stat") for task in os.listdir(tasks)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private nats-server on port {self.port} did not stop")
+            time.sleep(0.001)
 
     def thaw(self) -> None:
         assert self.process is not None, "the server is not running"
@@ -397,6 +405,15 @@ class PrivateNats(PrivateServer):
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stopped(stat: str) -> bool:
+    """Whether the thread of ``/proc/PID/task/TID/stat`` is stopped (state ``T``)."""
+    try:
+        with open(stat) as file:
+            return file.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except FileNotFoundError:  # the thread ended
+        return True
 
 
 class NatsBroker(Broker):
