@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
 
 def streams_url(url: str = REDIS_URL) -> str:
@@ -58,6 +59,30 @@ def delete_keys(prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def nats_prefix(prefix: str) -> str:
+    """The NATS subject prefix of a run's key prefix (``bench:ab12:`` -> ``bench-ab12``)."""
+    return prefix.strip(":").replace(":", "-")
+
+
+def delete_nats_stream(prefix: str) -> None:
+    """Delete the JetStream stream a run made on ``NATS_URL`` (if it made one)."""
+    import asyncio
+
+    import nats
+    import nats.js.errors
+
+    async def delete() -> None:
+        client = await nats.connect(NATS_URL)
+        try:
+            await client.jetstream().delete_stream(nats_prefix(prefix))
+        except nats.js.errors.NotFoundError:
+            pass
+        finally:
+            await client.close()
+
+    asyncio.run(delete())
 
 
 def rss(pid: int) -> int:

@@ -11,9 +11,10 @@ so the subscribers it just made are old, as a server's long-connected ones are.
 Receivers iterate as a WebSocket or SSE consumer would (``async for`` / ``receive()``),
 without per-event timeouts.
 
-Cases: ``broadcast.subscribe`` on ``redis://``, ``redis+streams://`` and
-``redis+cluster://`` (sharded pub/sub on ``REDIS_CLUSTER_URL``, or on a local
-three-master cluster started for the run); Channels layers,
+Cases: ``broadcast.subscribe`` on ``redis://``, ``redis+streams://``, ``nats://``
+(JetStream at ``NATS_URL``) and ``redis+cluster://`` (sharded pub/sub on
+``REDIS_CLUSTER_URL``, or on a local three-master cluster started for the run);
+Channels layers,
 ``BroadcastChannelLayer`` on ``redis://`` and channels_redis core and pub/sub (one
 ``new_channel()`` per consumer, all in one group, ``group_send``); encode/broadcaster
 (``Broadcast.subscribe``). broadcaster delivers nothing with redis-py 8, so it runs in
@@ -38,12 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    NATS_URL,
     NO_CLUSTER,
     REDIS_URL,
     Table,
     cluster_url,
     delete_keys,
+    delete_nats_stream,
     machine,
+    nats_prefix,
     setup_django,
     streams_url,
     verdict,
@@ -215,6 +219,10 @@ def _cases(prefix: str, cluster: str | None) -> dict[str, tuple[str, Case]]:
             streams,
             lambda n, e, c: _django_broadcast(streams, prefix, n, e, c),
         ),
+        "django_broadcast nats://": (
+            NATS_URL,
+            lambda n, e, c: _django_broadcast(NATS_URL, nats_prefix(prefix), n, e, c),
+        ),
         "django_broadcast BroadcastChannelLayer redis://": (
             REDIS_URL,
             lambda n, e, c: _channels_layer("broadcast", prefix, n, e, c),
@@ -260,9 +268,10 @@ def _measure(prefix: str, cluster: str | None, sizes: list[int], events: int, ro
     results: dict[tuple[str, int], float | None] = {}
     failures: dict[tuple[str, int], str] = {}
     for label, (url, case) in _cases(prefix, cluster).items():
+        options = {"prefix": nats_prefix(prefix) if url == NATS_URL else prefix}
         aliases = {
             "default": {"URL": "memory://"},
-            "bench": {"URL": url, "OPTIONS": {"prefix": prefix}},
+            "bench": {"URL": url, "OPTIONS": options},
         }
         with override_settings(BROADCAST=aliases):
             for n in sizes:
@@ -277,6 +286,7 @@ def _measure(prefix: str, cluster: str | None, sizes: list[int], events: int, ro
                     rates.append(n * events / elapsed)
                 results[label, n] = statistics.median(rates) if len(rates) == rounds else None
     delete_keys(prefix)
+    delete_nats_stream(prefix)
     return _table(results, failures, sizes, events, rounds)
 
 

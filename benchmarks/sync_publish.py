@@ -2,10 +2,10 @@
 
     python -m benchmarks.sync_publish [--events N] [--rounds R]
 
-Cases: raw redis-py PUBLISH and XADD (the floors), ``broadcast.publish`` on
-``redis://``, ``redis+streams://``, ``memory://`` and ``redis+cluster://`` (sharded
-pub/sub on ``REDIS_CLUSTER_URL``, or on a local three-master cluster started for the
-run), and
+Cases: raw redis-py PUBLISH and XADD and nats-py's JetStream publish (the floors),
+``broadcast.publish`` on ``redis://``, ``redis+streams://``, ``nats://`` (JetStream,
+at ``NATS_URL``), ``memory://`` and ``redis+cluster://`` (sharded pub/sub on
+``REDIS_CLUSTER_URL``, or on a local three-master cluster started for the run), and
 ``async_to_sync(channel_layer.group_send)`` on channels_redis's core and pub/sub
 layers (what a view pays with Channels today). Prints the median of several rounds.
 """
@@ -13,17 +13,21 @@ layers (what a view pays with Channels today). Prints the median of several roun
 from __future__ import annotations
 
 import argparse
+import asyncio
 import uuid
 from collections.abc import Callable
 
 from ._common import (
+    NATS_URL,
     NO_CLUSTER,
     REDIS_URL,
     Table,
     cluster_url,
     delete_keys,
+    delete_nats_stream,
     interleaved_rates,
     machine,
+    nats_prefix,
     setup_django,
     streams_url,
     verdict,
@@ -43,6 +47,10 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
             "default": {"URL": "memory://"},
             "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
             "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
+            "nats": {
+                "URL": NATS_URL,
+                "OPTIONS": {"prefix": nats_prefix(prefix), "history": 1000},
+            },
         }
         if cluster is not None:
             aliases["cluster"] = {"URL": cluster, "OPTIONS": {"prefix": prefix}}
@@ -51,6 +59,7 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
 
 
 def _run(events: int, rounds: int, anchor_events: int | None, prefix: str, cluster: bool) -> Table:
+    import nats
     import redis
     from asgiref.sync import async_to_sync
 
@@ -68,9 +77,23 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str, clust
             events,
         ),
     ]
+    # The NATS floor: nats-py's JetStream publish, each run to its end on a loop of its
+    # own, on the stream the nats:// alias makes (one publish through it first).
+    broadcasts["nats"].publish("warm-up", PAYLOAD, on_commit=False)
+    nats_loop = asyncio.new_event_loop()
+    nats_client = nats_loop.run_until_complete(nats.connect(NATS_URL))
+    subject = f"{nats_prefix(prefix)}.raw"
+    cases.append(
+        (
+            "nats-py JetStream publish (raw floor)",
+            lambda: nats_loop.run_until_complete(nats_client.jetstream().publish(subject, encoded)),
+            events,
+        )
+    )
     for alias, label in [
         ("pubsub", "redis://"),
         ("streams", "redis+streams://"),
+        ("nats", "nats://"),
         ("default", "memory://"),
         *([("cluster", "redis+cluster://")] if cluster else []),
     ]:
@@ -128,7 +151,11 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str, clust
             "target: redis:// >= 20x channels_redis", "", "", "", verdict(ours >= 20 * anchor)
         )
     raw.close()
+    nats_loop.run_until_complete(nats_client.close())
+    nats_loop.close()
+    broadcasts["nats"].close()
     delete_keys(prefix)
+    delete_nats_stream(prefix)
     return table
 
 

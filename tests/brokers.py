@@ -30,6 +30,7 @@ __all__ = [
     "BROKERS",
     "Broker",
     "PrivateCluster",
+    "PrivateNats",
     "PrivateRedis",
     "PrivateSentinel",
     "PrivateServer",
@@ -662,6 +663,179 @@ class RedisSentinelStreamsBroker(RedisSentinelBroker):
         return sum(1 for line in clients if f" name={name} " in f" {line} ")
 
 
+# NATS ----------------------------------------------------------------------------------
+
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+#: The subject prefix (and stream) of this run on NATS; the session deletes the stream.
+NATS_PREFIX = f"test-broadcast-{PREFIX.split(':')[1]}"
+
+
+def http_json(url: str, timeout: float = 2) -> Any:
+    """GET ``url`` (a NATS monitoring endpoint) and decode its JSON."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return json.load(answer)
+
+
+class PrivateNats(PrivateServer):
+    """A private nats-server with JetStream, its store in a temp dir (so that
+    :meth:`restart` keeps the streams and ``restart(persist=False)`` loses them), and a
+    monitoring port (``monitor``) for ``/healthz``, ``/connz``, ``/routez``.
+
+    ``extra`` arguments go on the command line (a cluster's ``--cluster``, ``--routes``).
+    """
+
+    binary = "nats-server"
+
+    def __init__(self, *extra: str, name: str = "") -> None:
+        self.port = free_port()
+        self.monitor = free_port()
+        self.dir = tempfile.mkdtemp(prefix="broadcast-nats-")
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.extra = list(extra)
+        self.name = name or f"n{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_healthy()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (a cluster's nodes are healthy only
+        once they see each other)."""
+        self.process = subprocess.Popen(
+            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor),
+             "-js", "-sd", self.dir, "--server_name", self.name, *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def wait_healthy(self, timeout: float = 20) -> None:
+        """Return once ``/healthz`` says ok (JetStream ready), or raise."""
+        assert self.process is not None, "the server is not running"
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"private nats-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def healthy(self) -> bool:
+        """Whether the server answers, JetStream included (``/healthz``)."""
+        try:
+            return bool(http_json(f"http://127.0.0.1:{self.monitor}/healthz")["status"] == "ok")
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def monitoring(self, endpoint: str) -> Any:
+        """The JSON of monitoring ``endpoint`` (``"connz?subs=1"``, ``"routez"`` ...)."""
+        return http_json(f"http://127.0.0.1:{self.monitor}/{endpoint}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self, *, persist: bool = True) -> None:
+        self.kill()
+        if not persist:
+            shutil.rmtree(self.dir)
+            os.mkdir(self.dir)
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP, and return once every thread of the server has stopped (a thread
+        busy in the kernel, say in an fsync of the store, stops when it returns)."""
+        assert self.process is not None, "the server is not running"
+        self.process.send_signal(signal.SIGSTOP)
+        tasks = f"/proc/{self.process.pid}/task"
+        deadline = time.monotonic() + 5
+        while not all(_stopped(f"{tasks}/{task}/stat") for task in os.listdir(tasks)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private nats-server on port {self.port} did not stop")
+            time.sleep(0.001)
+
+    def thaw(self) -> None:
+        assert self.process is not None, "the server is not running"
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stopped(stat: str) -> bool:
+    """Whether the thread of ``/proc/PID/task/TID/stat`` is stopped (state ``T``)."""
+    try:
+        with open(stat) as file:
+            return file.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except FileNotFoundError:  # the thread ended
+        return True
+
+
+class NatsBroker(Broker):
+    name = "nats"
+    can_start = True
+
+    def url(self) -> str:
+        return NATS_URL
+
+    def default_options(self) -> dict[str, Any]:
+        return {"prefix": NATS_PREFIX}
+
+    def reachable(self) -> bool:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(NATS_URL.split(",")[0])
+        return reachable(parts.hostname or "127.0.0.1", parts.port or 4222)
+
+    def start_private(self) -> PrivateServer:
+        server = PrivateNats()
+        server.start()
+        return server
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        # What the server holds: the stream's live consumers of the channel's subject
+        # (JetStream's consumer list, on the shared server and private ones alike).
+        backend = bc.backend
+        infos = await _nats_consumers(backend)
+        subject = backend.subject(channel)  # type: ignore[attr-defined]
+        return sum(
+            1
+            for info in infos
+            if info.config.filter_subject == subject and info.name.startswith("live-")
+        )
+
+    async def delete_streams(self) -> None:
+        """Delete this run's streams on the shared server (named after its prefixes)."""
+        import nats
+
+        client = await nats.connect(NATS_URL)
+        try:
+            jsm = client.jetstream()
+            for info in await jsm.streams_info():
+                name = info.config.name or ""
+                if name.startswith((NATS_PREFIX, PREFIX)):
+                    await jsm.delete_stream(name)
+        finally:
+            await client.close()
+
+
+async def _nats_consumers(backend: Any) -> list[Any]:
+    import nats
+    import nats.js.errors
+
+    client = await nats.connect(backend.servers)
+    try:
+        return list(await client.jetstream().consumers_info(backend.stream))
+    except nats.js.errors.NotFoundError:
+        return []
+    finally:
+        await client.close()
+
+
 #: Every broker the suite runs against, by name.
 BROKERS: dict[str, Broker] = {
     broker.name: broker
@@ -673,5 +847,6 @@ BROKERS: dict[str, Broker] = {
         RedisClusterStreamsBroker(),
         RedisSentinelBroker(),
         RedisSentinelStreamsBroker(),
+        NatsBroker(),
     )
 }

@@ -184,6 +184,16 @@ def _delete_test_keys() -> Iterator[None]:
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_streams() -> Iterator[None]:
+    yield
+    broker = BROKERS["nats"]
+    if broker.reachable():
+        import asyncio
+
+        asyncio.run(broker.delete_streams())  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Start servers of the test project (``tests/servers.py``): ``serve("daphne",

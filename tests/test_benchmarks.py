@@ -17,6 +17,7 @@ def _redis(monkeypatch: pytest.MonkeyPatch) -> None:
     if reachable_binaries():  # the cluster rows run on the session's cluster
         url = shared_cluster().url.replace("redis://", "redis+cluster://", 1)
         monkeypatch.setenv("REDIS_CLUSTER_URL", url)
+    require_broker("nats")
 
 
 def test_sync_publish_benchmark_runs() -> None:
@@ -28,6 +29,8 @@ def test_sync_publish_benchmark_runs() -> None:
         "publish redis://",
         "publish redis+streams://",
         "publish redis+cluster://",
+        "publish nats://",
+        "nats-py JetStream publish",
         "channels_redis",
     ):
         assert case in table
@@ -42,6 +45,7 @@ def test_fanout_benchmark_runs() -> None:
         "redis://",
         "redis+streams://",
         "redis+cluster://",
+        "nats://",
         "BroadcastChannelLayer",
         "channels_redis pubsub",
         "encode/broadcaster",

@@ -280,6 +280,7 @@ def test_history_needs_a_backend_that_keeps_it(
         f"no history: drop the option to follow live events only, or tail an alias whose "
         f"backend keeps history ({schemes.describe('history')})"
     )
+    assert "(such as memory://, redis+streams://, rediss+streams://" in str(error.value)
 
 
 def test_an_unreachable_broker_is_a_command_error(channel: str) -> None:

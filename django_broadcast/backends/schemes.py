@@ -128,3 +128,4 @@ for _name, _backend in (
     ("redis+cluster+streams", "redis.RedisClusterStreamsBackend"),
 ):
     register(_name, f"django_broadcast.backends.{_backend}", _EXTRA.format("redis"))
+register("nats", "django_broadcast.backends.nats.NatsBackend", _EXTRA.format("nats"))

@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from ..broadcast import Broadcast
 from ..codec import carries_bytes
 from ..events import RESERVED_PREFIX, Event
-from ..exceptions import MessageTooLarge, QueueFull
+from ..exceptions import BroadcastError, MessageTooLarge, QueueFull
 from ..registry import broadcasts
 from .mailboxes import Mailbox, running_loop
 from .messages import SEND_TYPE, decode_bytes, encode_bytes, fresh_copy, member_message
@@ -392,6 +392,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
             await self.send(channel, message)
         except ChannelFull:
             logger.warning("channel %r is full: group message dropped", channel)
+        except BroadcastError as exc:  # the broker is away, or it has no queues
+            logger.warning("a group message to channel %r was dropped: %s", channel, exc)
 
     def _route_inbox(self, event: Event) -> None:
         if event.type != SEND_TYPE or not isinstance(event.data, dict):
