@@ -121,3 +121,5 @@ for _name in ("redis", "rediss"):
         f"{_name}+streams", "django_broadcast.backends.redis.RedisStreamsBackend",
         _EXTRA.format("redis"),
     )  # fmt: skip
+for _name in ("postgres", "postgresql"):
+    register(_name, "django_broadcast.backends.postgres.PostgresBackend", _EXTRA.format("postgres"))
