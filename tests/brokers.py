@@ -437,6 +437,22 @@ class PostgresBroker(Broker):
         server.start()
         return server
 
+    def cleanup(self) -> None:
+        """Delete the rows this run wrote in the shared database."""
+        import psycopg
+
+        from django_broadcast.backends.postgres import schema
+
+        prefix = self.default_options()["prefix"]
+        with (
+            psycopg.connect(POSTGRES_URL, autocommit=True) as conn,
+            contextlib.suppress(psycopg.errors.UndefinedTable),  # no test made them
+        ):
+            for table in (schema.TABLE, schema.TRIMMED):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [prefix]
+                )
+
     async def subscriptions(self, bc: Broadcast, channel: str) -> int:
         # LISTEN is per session and pg_listening_channels() reads only one's own: count
         # the listening connections of the alias (one per event loop, every channel).

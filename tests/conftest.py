@@ -182,6 +182,14 @@ def _delete_test_keys() -> Iterator[None]:
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_rows() -> Iterator[None]:
+    yield
+    broker = BROKERS["postgresql"]
+    if broker.reachable():
+        broker.cleanup()  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Start servers of the test project (``tests/servers.py``): ``serve("daphne",
