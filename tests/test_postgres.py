@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from django.db import connections, transaction
@@ -155,7 +155,7 @@ async def test_payloads_over_notifys_limit_arrive_in_order(
         sent = await in_thread(publish_all)
         received = [await sub.get(timeout=TIMEOUT) for _ in range(3)]
     assert [e.data for e in received] == ["small", big, "small again"]
-    assert [e.id for e in received] == [e.id for e in sent]  # type: ignore[union-attr]
+    assert [e.id for e in received] == [e.id for e in sent]
     assert [e.data for e in await alias.ahistory(channel)] == ["small", big, "small again"]
 
 
