@@ -121,6 +121,12 @@ def sever(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
             sock.close()
 
 
+def overran(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """:func:`sever` a connection whose statement outlived TIMEOUT."""
+    logger.debug("closing a connection whose statement did not end within TIMEOUT")
+    sever(conn)
+
+
 def _peer_closed(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether the server closed ``conn`` (an idle connection has nothing to read)."""
     try:
@@ -173,7 +179,7 @@ class _Watchdog:
                     continue
                 heapq.heappop(self.due)
                 self.done.add(number)  # discarded at its end
-                sever(conn)
+                overran(conn)
 
 
 class PostgresBackend(Backend):
@@ -334,7 +340,7 @@ class PostgresBackend(Backend):
             conn = await self._agetconn(pool)
         except PoolTimeout as exc:
             raise self.unavailable(exc, maybe_sent=False) from exc
-        timer = asyncio.get_running_loop().call_later(self.timeout, sever, conn)
+        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
         try:
             async with conn.cursor() as cursor:
                 key, params = self._publish_params(channel, payload)
@@ -485,7 +491,7 @@ class PostgresBackend(Backend):
         pool = await self.async_pool()
         try:
             conn = await self._agetconn(pool)
-            timer = asyncio.get_running_loop().call_later(self.timeout, sever, conn)
+            timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
             try:
                 async with conn.transaction():
                     rows = await (await conn.execute(*read)).fetchall()

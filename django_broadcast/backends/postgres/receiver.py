@@ -10,7 +10,17 @@ import psycopg
 from psycopg import Notify, sql
 
 from ..base import ConnectionLost, Message, Receiver
-from .backend import AFTER, BY_ID, GAP, NEWEST, WAIT_PUBLISHERS, PostgresBackend, lock_key, sever
+from .backend import (
+    AFTER,
+    BY_ID,
+    GAP,
+    NEWEST,
+    WAIT_PUBLISHERS,
+    PostgresBackend,
+    lock_key,
+    overran,
+    sever,
+)
 
 __all__ = ["PostgresReceiver"]
 
@@ -52,7 +62,7 @@ class PostgresReceiver(Receiver):
                 conn = self.conn
                 if conn is None or conn.closed:
                     raise self.backend.unavailable(ConnectionError("not connected"))
-                timer = asyncio.get_running_loop().call_later(self.backend.timeout, sever, conn)
+                timer = asyncio.get_running_loop().call_later(self.backend.timeout, overran, conn)
                 try:
                     return await work(conn)
                 except psycopg.OperationalError as exc:
