@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def streams_url(url: str = REDIS_URL) -> str:
@@ -30,6 +31,17 @@ def delete_keys(prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def delete_rows(prefix: str) -> None:
+    """Delete every PostgreSQL row a run wrote (each run writes under its own prefix)."""
+    import psycopg
+
+    from django_broadcast.backends.postgres import schema
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for table in (schema.TABLE, schema.TRIMMED):
+            conn.execute(f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [prefix])
 
 
 def rss(pid: int) -> int:

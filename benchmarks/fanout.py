@@ -11,8 +11,8 @@ so the subscribers it just made are old, as a server's long-connected ones are.
 Receivers iterate as a WebSocket or SSE consumer would (``async for`` / ``receive()``),
 without per-event timeouts.
 
-Cases: ``broadcast.subscribe`` on ``redis://`` and ``redis+streams://``; Channels layers,
-``BroadcastChannelLayer`` on ``redis://`` and channels_redis core and pub/sub (one
+Cases: ``broadcast.subscribe`` on ``redis://``, ``redis+streams://`` and ``postgres://``;
+Channels layers, ``BroadcastChannelLayer`` on ``redis://`` and channels_redis core and pub/sub (one
 ``new_channel()`` per consumer, all in one group, ``group_send``); encode/broadcaster
 (``Broadcast.subscribe``). broadcaster delivers nothing with redis-py 8, so it runs in
 its own virtualenv (``.venv-broadcaster``, made on first use) with the redis-py it works
@@ -35,7 +35,17 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from ._common import REDIS_URL, Table, delete_keys, machine, setup_django, streams_url, verdict
+from ._common import (
+    POSTGRES_URL,
+    REDIS_URL,
+    Table,
+    delete_keys,
+    delete_rows,
+    machine,
+    setup_django,
+    streams_url,
+    verdict,
+)
 
 #: What encode/broadcaster is measured with (it receives nothing on redis-py 8).
 BROADCASTER_REQUIREMENTS = ["broadcaster==0.3.1", "redis==5.2.1"]
@@ -198,6 +208,9 @@ def _cases(prefix: str) -> dict[str, Case]:
         "django_broadcast redis+streams://": lambda n, e, c: _django_broadcast(
             streams, prefix, n, e, c
         ),
+        "django_broadcast postgres://": lambda n, e, c: _django_broadcast(
+            POSTGRES_URL, prefix, n, e, c
+        ),
         "django_broadcast BroadcastChannelLayer redis://": lambda n, e, c: _channels_layer(
             "broadcast", prefix, n, e, c
         ),
@@ -219,7 +232,13 @@ def run(sizes: list[int], events: int, rounds: int) -> Table:
     results: dict[tuple[str, int], float | None] = {}
     failures: dict[tuple[str, int], str] = {}
     for label, case in _cases(prefix).items():
-        url = streams_url() if "streams" in label else REDIS_URL
+        url = (
+            streams_url()
+            if "streams" in label
+            else POSTGRES_URL
+            if "postgres" in label
+            else REDIS_URL
+        )
         aliases = {
             "default": {"URL": "memory://"},
             "bench": {"URL": url, "OPTIONS": {"prefix": prefix}},
@@ -237,6 +256,7 @@ def run(sizes: list[int], events: int, rounds: int) -> Table:
                     rates.append(n * events / elapsed)
                 results[label, n] = statistics.median(rates) if len(rates) == rounds else None
     delete_keys(prefix)
+    delete_rows(prefix)
     return _table(results, failures, sizes, events, rounds)
 
 

@@ -3,7 +3,7 @@
     python -m benchmarks.sync_publish [--events N] [--rounds R]
 
 Cases: raw redis-py PUBLISH and XADD (the floors), ``broadcast.publish`` on
-``redis://``, ``redis+streams://`` and ``memory://``, and
+``redis://``, ``redis+streams://``, ``postgres://`` and ``memory://``, and
 ``async_to_sync(channel_layer.group_send)`` on channels_redis's core and pub/sub
 layers (what a view pays with Channels today). Prints the median of several rounds.
 """
@@ -15,9 +15,11 @@ import uuid
 from collections.abc import Callable
 
 from ._common import (
+    POSTGRES_URL,
     REDIS_URL,
     Table,
     delete_keys,
+    delete_rows,
     interleaved_rates,
     machine,
     setup_django,
@@ -38,6 +40,7 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
         "default": {"URL": "memory://"},
         "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
         "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix, "history": 1000}},
+        "postgres": {"URL": POSTGRES_URL, "OPTIONS": {"prefix": prefix, "history": 1000}},
     }
     with override_settings(BROADCAST=aliases):
         return _run(events, rounds, anchor_events, prefix)
@@ -64,6 +67,7 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
     for alias, label in [
         ("pubsub", "redis://"),
         ("streams", "redis+streams://"),
+        ("postgres", "postgres://"),
         ("default", "memory://"),
     ]:
         instance = broadcasts[alias]
@@ -118,7 +122,9 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str) -> Ta
             "target: redis:// >= 20x channels_redis", "", "", "", verdict(ours >= 20 * anchor)
         )
     raw.close()
+    broadcasts["postgres"].close()
     delete_keys(prefix)
+    delete_rows(prefix)
     return table
 
 

@@ -64,7 +64,8 @@ ON CONFLICT (channel) DO UPDATE SET upto = greatest({schema.TRIMMED}.upto, exclu
 """
 
 #: Why continuity after a position cannot be proven, or NULL: rows after it were
-#: deleted by retention, or the position is older than the table (made anew).
+#: deleted by retention, or the position is older than the table (made anew) or
+#: newer than any id it made.
 GAP = f"""
 SELECT CASE
     WHEN coalesce((SELECT upto FROM {schema.TRIMMED} WHERE channel = %s::text), 0)
@@ -72,6 +73,7 @@ SELECT CASE
     WHEN %s::bigint > 0 AND %s::bigint <
          (SELECT seqstart FROM pg_sequence WHERE seqrelid = '{schema.SEQUENCE}'::regclass)
          THEN 'reset'
+    WHEN %s::bigint > (SELECT last_value FROM {schema.SEQUENCE}) THEN 'reset'
 END
 """
 
@@ -466,7 +468,7 @@ class PostgresBackend(Backend):
         if since is None:
             return (_LATEST, [key, limit]), None
         at = _parse_id(since)
-        return (AFTER, [key, at, limit]), (GAP, [key, at, at, at])
+        return (AFTER, [key, at, limit]), (GAP, [key, at, at, at, at])
 
     def history(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """Read the table: the latest ``limit`` rows, or those after ``since`` (with

@@ -174,7 +174,7 @@ class PostgresReceiver(Receiver):
             for name in names:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
             for channel, position in positions.items():
-                params = [key(channel), position, position, position]
+                params = [key(channel), position, position, position, position]
                 async with conn.transaction():
                     # Wait for the publishers of the channel that are in flight: one
                     # that queued its NOTIFY before the LISTEN but commits later is
