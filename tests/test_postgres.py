@@ -205,3 +205,21 @@ async def test_history_drops_rows_older_than_max_age(channel: str) -> None:
         [notice, event] = await bc.ahistory(channel, since=first.id)
         assert notice.is_gap and event.data == "new"  # "old too" is gone
         await bc.aclose()
+
+
+@pytest.mark.django_db(transaction=True, databases=["pg"])
+async def test_a_missing_table_is_a_clear_error(tbc: Broadcast, channel: str) -> None:
+    from django_broadcast import BroadcastError
+    from django_broadcast.backends.postgres import schema
+
+    def view() -> None:
+        with connections["pg"].cursor() as cursor:
+            cursor.execute(schema.DROP)
+        try:
+            with pytest.raises(BroadcastError, match="migrate django_broadcast --database pg"):
+                tbc.publish(channel, "nowhere")
+        finally:
+            with connections["pg"].cursor() as cursor:
+                cursor.execute(schema.CREATE)
+
+    await in_thread(view)
