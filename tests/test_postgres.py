@@ -13,6 +13,7 @@ import pytest
 from django.db import connections, transaction
 
 from django_broadcast import Broadcast, Event
+from django_broadcast.backends.base import Message
 from django_broadcast.backends.postgres import PostgresBackend
 
 from .brokers import BROKERS
@@ -223,3 +224,23 @@ async def test_a_missing_table_is_a_clear_error(tbc: Broadcast, channel: str) ->
                 cursor.execute(schema.CREATE)
 
     await in_thread(view)
+
+
+async def test_a_large_event_deleted_before_it_was_read_is_a_gap(channel: str) -> None:
+    """Its notification carries only its id; retention (one row kept) deleted it
+    before the receiver read it: the receiver says so, in order."""
+    with using(entry(history=1)) as bc:
+        backend = bc.backend
+        receiver = backend.receiver()
+        await receiver.open()
+        try:
+            await receiver.subscribe(channel)
+            await backend.apublish(channel, b'"' + b"x" * 10_000 + b'"')
+            small = await backend.apublish(channel, b'"small"')  # trims the large one
+            messages: list[Message] = []
+            while len(messages) < 2:
+                messages.extend(await asyncio.wait_for(receiver.read(), TIMEOUT))
+        finally:
+            await receiver.close()
+        assert [(m.gap, m.id) for m in messages] == [("trimmed", ""), (None, small)]
+        await bc.aclose()
