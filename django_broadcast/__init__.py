@@ -16,6 +16,7 @@ from .exceptions import (
     BroadcastError,
     BroadcastUnavailable,
     MessageTooLarge,
+    QueueFull,
     SubscriptionClosed,
     SubscriptionOverflow,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "BroadcastUnavailable",
     "Event",
     "MessageTooLarge",
+    "QueueFull",
     "Subscription",
     "SubscriptionClosed",
     "SubscriptionOverflow",

@@ -14,6 +14,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
+from ._loops import is_throwaway
 from .backends import schemes
 from .backends.base import Backend, Features, HistoryPage, Message
 from .codec import Codec
@@ -27,7 +28,7 @@ from .events import (
     validate_channel,
     validate_pattern,
 )
-from .exceptions import BroadcastError, BroadcastUnavailable, MessageTooLarge
+from .exceptions import BroadcastError, BroadcastUnavailable, MessageTooLarge, QueueFull
 from .hub import Hub, Hubs
 from .signals import publish_failed
 from .stats import Counters
@@ -44,6 +45,8 @@ def _from_ms(ms: int) -> datetime:
 
 #: A server is gone once it has not been heard from for this many of its heartbeats.
 _MISSED = 3
+#: Seconds one wait of a queue taker lasts at the broker before it waits again.
+_QUEUE_POLL = 5.0
 
 
 def _alive(events: list[Event], now: float) -> list[dict[str, Any]]:
@@ -191,21 +194,28 @@ class Broadcast:
         if not isinstance(type, str) or not type:
             raise TypeError(f"event type must be a non-empty str, not {type!r}")
         ms = time.time_ns() // 1_000_000
+        payload = self._encode_checked(
+            {"type": type, "time": ms, "data": data}, f"publish to channel {channel!r}", channel
+        )
+        return payload, ms
+
+    def _encode_checked(self, obj: Any, doing: str, name: str) -> bytes:
+        """``obj`` encoded by the codec, within ``max_message_size``; errors say what
+        failed (``doing``)."""
         try:
-            payload = self.codec.encode({"type": type, "time": ms, "data": data})
+            payload = self.codec.encode(obj)
         except (TypeError, ValueError) as exc:
             # The plain class: subclasses such as UnicodeEncodeError (a lone surrogate
             # in a string) take other arguments.
             kind = TypeError if isinstance(exc, TypeError) else ValueError
-            raise kind(f"cannot publish to channel {channel!r}: {exc}") from exc
+            raise kind(f"cannot {doing}: {exc}") from exc
         except RecursionError as exc:
             raise ValueError(
-                f"cannot publish to channel {channel!r}: the data is nested too deeply "
-                f"to encode; flatten it"
+                f"cannot {doing}: the data is nested too deeply to encode; flatten it"
             ) from exc
         if len(payload) > self.backend.max_message_size:
-            raise MessageTooLarge(channel, len(payload), self.backend.max_message_size)
-        return payload, ms
+            raise MessageTooLarge(name, len(payload), self.backend.max_message_size)
+        return payload
 
     def publish(
         self, channel: str, data: Any, *, type: str = "message", on_commit: bool = True
@@ -322,6 +332,10 @@ class Broadcast:
         are sync-only; publish from the sync code that holds the transaction.
         """
         payload, ms = self._encode(channel, type, data)
+        if is_throwaway(asyncio.get_running_loop()):
+            # async_to_sync made this loop for this one call from sync code: the sync
+            # path needs no connection of its own and may block it.
+            return self._send(channel, type, data, payload, ms)
         started = perf_counter()
         event_id = await self.backend.apublish(channel, payload)
         counters = self.counters
@@ -331,6 +345,50 @@ class Broadcast:
         if self.observers:
             self._notify(event)
         return event
+
+    # Queues ----------------------------------------------------------------------------
+
+    def _check_queues(self, queue: str) -> None:
+        validate_channel(queue)
+        if not self.features.queues:
+            raise BroadcastError(
+                f"alias {self.alias!r} uses {type(self.backend).__name__}, which has no "
+                f"queues: use a backend that has ({schemes.describe('queues')})"
+            )
+
+    async def aqueue_put(self, queue: str, data: Any, *, capacity: int, ttl: float) -> None:
+        """Append ``data`` to the work queue ``queue``: it waits there until one
+        reader, in any process, takes it with :meth:`aqueue_take`, for at most ``ttl``
+        seconds.
+
+        Queue names follow the channel-name rules. Raise :class:`QueueFull` when the
+        queue already holds ``capacity`` unexpired messages, ``TypeError`` for data the
+        codec cannot encode, :class:`MessageTooLarge` over the size limit, and
+        :class:`BroadcastError` on a backend without queues (``features.queues``).
+        """
+        self._check_queues(queue)
+        payload = self._encode_checked(data, f"put data in queue {queue!r}", queue)
+        if not await self.backend.aqueue_put(
+            queue, payload, capacity=capacity, expires=time.time() + ttl
+        ):
+            raise QueueFull(queue, capacity)
+
+    async def aqueue_take(self, queue: str) -> Any:
+        """Wait for the oldest message of the work queue ``queue`` and return its data.
+
+        Each message is taken by one reader only. Cancelling the wait takes nothing:
+        the message stays in the queue for the next reader.
+        """
+        self._check_queues(queue)
+        while True:
+            payload = await self.backend.aqueue_take(queue, timeout=_QUEUE_POLL)
+            if payload is not None:
+                return self.codec.decode(payload)
+
+    async def aqueue_clear(self, queue: str) -> None:
+        """Drop every message of the work queue ``queue``."""
+        self._check_queues(queue)
+        await self.backend.aqueue_clear(queue)
 
     # Subscribing -----------------------------------------------------------------------
 

@@ -35,6 +35,18 @@ class MessageTooLarge(BroadcastError, ValueError):
         )
 
 
+class QueueFull(BroadcastError):
+    """The queue already holds as many messages as its capacity allows."""
+
+    def __init__(self, queue: str, capacity: int) -> None:
+        self.queue = queue
+        self.capacity = capacity
+        super().__init__(
+            f"queue {queue!r} already holds {capacity} messages, its capacity: wait for "
+            f"a reader to take some, or raise the capacity"
+        )
+
+
 class SubscriptionClosed(BroadcastError):
     """The subscription ended: it was closed, its alias was closed, or the broker
     stayed unreachable for longer than RECONNECT_TIMEOUT."""

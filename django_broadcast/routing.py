@@ -23,19 +23,20 @@ alias's broker connections are closed. The process announces itself in the live
 server list (:mod:`django_broadcast.presence`) from its lifespan startup or its first
 request. To add
 your own consumers, pass their patterns: ``application(django_asgi_app,
-websocket=[path("chat/<room>/", ChatConsumer.as_asgi())])``; or build your own
-``ProtocolTypeRouter`` from :data:`websocket_urlpatterns` and
-:data:`http_urlpatterns`.
+websocket=[path("chat/<room>/", ChatConsumer.as_asgi())])``; workers for
+``manage.py runworker`` by channel name: ``channel={"thumbnails":
+ThumbnailWorker.as_asgi()}``; or build your own ``ProtocolTypeRouter`` from
+:data:`websocket_urlpatterns` and :data:`http_urlpatterns`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from channels.auth import AuthMiddlewareStack
-from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import URLPattern, URLResolver, path, re_path
 from django.urls.resolvers import RegexPattern
@@ -140,13 +141,21 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
             return
 
 
-def application(django_app: Any, *, websocket: Patterns = (), http: Patterns = ()) -> Any:
+def application(
+    django_app: Any,
+    *,
+    websocket: Patterns = (),
+    http: Patterns = (),
+    channel: Mapping[str, Any] | None = None,
+) -> Any:
     """A whole ``ProtocolTypeRouter``: the broadcast consumers, yours, then Django, and
-    the ``lifespan`` protocol."""
-    return ProtocolTypeRouter(
-        {
-            "http": http_router(django_app, http),
-            "websocket": websocket_router(websocket),
-            "lifespan": lifespan,
-        }
-    )
+    the ``lifespan`` protocol; with ``channel`` (channel name to consumer), the
+    ``ChannelNameRouter`` that ``manage.py runworker`` serves."""
+    protocols: dict[str, Any] = {
+        "http": http_router(django_app, http),
+        "websocket": websocket_router(websocket),
+        "lifespan": lifespan,
+    }
+    if channel is not None:
+        protocols["channel"] = ChannelNameRouter(dict(channel))
+    return ProtocolTypeRouter(protocols)

@@ -7,10 +7,12 @@ layer tests, plus what only the bridge does: groups are broadcast channels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -19,15 +21,18 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.exceptions import ChannelFull
+from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from django_broadcast import Broadcast
+from django_broadcast import Broadcast, MessageTooLarge
 from django_broadcast.layers import BroadcastChannelLayer
+from django_broadcast.registry import broadcasts
 
-from .conftest import PrivateRedis, using
+from .conftest import Broker, PrivateRedis, using
 
 TIMEOUT = 5
 T = TypeVar("T")
@@ -200,7 +205,6 @@ async def test_a_plain_channel_in_a_group_gets_its_messages(bc: Broadcast, group
     name = f"test-gr-chan-{uuid.uuid4().hex[:8]}"
     try:
         waiting = asyncio.create_task(receive(worker, name))
-        await subscribed(bc, worker._broker_channel(name))
         await web.group_add(group, name)
         await web.group_send(group, {"type": "message.1"})
         assert (await waiting)["type"] == "message.1"
@@ -219,9 +223,51 @@ async def test_expired_messages_are_dropped(
     monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
     await layer.send(channel, {"type": "new"})
     assert (await receive(layer, channel))["type"] == "new"
-    # As in Channels' in-memory layer, an expired message takes its channel out of
-    # its groups.
-    assert channel not in layer._groups.get(group, {})
+
+
+async def test_group_membership_survives_an_expired_message(
+    layer: BroadcastChannelLayer, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # channels_redis keeps a member whose message expired unreceived (a consumer
+    # blocked longer than ``expiry``): only ``group_expiry`` ends a membership.
+    member, witness = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add(group, member)
+    await layer.group_add(group, witness)
+    await layer.group_send(group, {"type": "old"})
+    assert (await receive(layer, witness))["type"] == "old"
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
+    assert await nothing_arrives(layer, member)  # "old" expired, unreceived
+    await layer.group_send(group, {"type": "new"})
+    assert (await receive(layer, witness))["type"] == "new"
+    assert (await receive(layer, member))["type"] == "new"
+
+
+async def test_a_membership_older_than_group_expiry_ends(
+    bc: Broadcast, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = BroadcastChannelLayer(group_expiry=600)
+    try:
+        member = await layer.new_channel()
+        await layer.group_add(group, member)
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + 601)
+        witness = await layer.new_channel()  # added after the jump: still a member
+        await layer.group_add(group, witness)
+        await layer.group_send(group, {"type": "late"})
+        assert (await receive(layer, witness))["type"] == "late"
+        assert await nothing_arrives(layer, member)
+        await layer.group_add(group, member)  # adding again renews the membership
+        await layer.group_send(group, {"type": "renewed"})
+        assert (await receive(layer, witness))["type"] == "renewed"
+        assert (await receive(layer, member))["type"] == "renewed"
+        monkeypatch.setattr(time, "time", lambda: now + 1202)
+        await layer.group_send(group, {"type": "to nobody"})
+        # Every membership expired: the group's broker subscription is released.
+        await until(lambda: group not in layer._readers and group not in layer._groups)
+        await until(lambda: group not in layer.broadcast._hub().channels)
+    finally:
+        await layer.flush()
 
 
 async def test_expired_messages_of_channels_nobody_reads_are_dropped(
@@ -597,7 +643,6 @@ async def test_plain_channels_reach_the_processes_receiving_them(
     name = f"thumbnails-{uuid.uuid4().hex[:8]}"
     try:
         waiting = asyncio.create_task(receive(worker, name))
-        await subscribed(bc, worker._broker_channel(name))
         await web.send(name, {"type": "thumbnail.make", "id": 7})
         assert (await waiting)["id"] == 7
     finally:
@@ -626,6 +671,26 @@ def test_the_layer_declares_its_extensions_and_group_expiry() -> None:
     assert set(layer.extensions) == {"groups", "flush"}
     assert layer.group_expiry == 3600
     assert BroadcastChannelLayer().group_expiry == 86400
+
+
+@pytest.mark.parametrize(
+    ("config", "told"),
+    [
+        ({"hosts": ["redis://127.0.0.1:6379/0"]}, "BROADCAST['default']['URL']"),
+        ({"prefix": "asgi"}, "BROADCAST['default']['OPTIONS']['prefix']"),
+        ({"symmetric_encryption_keys": ["secret"]}, "rediss://"),
+        ({"serializer_format": "json", "using": "other"}, "'serializer_format'"),
+    ],
+)
+def test_channels_redis_keys_the_layer_does_not_take_are_refused(
+    config: dict[str, Any], told: str
+) -> None:
+    # Copied from a channels_redis CONFIG, they would otherwise do nothing, silently:
+    # no encryption where symmetric_encryption_keys promised it.
+    with pytest.raises(ImproperlyConfigured) as raised:
+        BroadcastChannelLayer(**config)
+    assert told in str(raised.value)
+    assert "using, expiry, capacity, channel_capacity, group_expiry" in str(raised.value)
 
 
 def test_the_layer_methods_are_coroutine_functions() -> None:
@@ -659,6 +724,26 @@ async def test_a_megabyte_message_travels_between_processes(bc: Broadcast, group
     finally:
         await first.flush()
         await second.flush()
+
+
+@pytest.mark.parametrize("method", ["send", "group_send"])
+async def test_an_oversized_message_raises_channels_message_too_large(
+    broker: Broker, group: str, method: str
+) -> None:
+    # Handlers written for channels_redis catch channels.exceptions.MessageTooLarge.
+    with using(broker.entry(OPTIONS={"max_message_size": 4096})) as bc:
+        layer, other = BroadcastChannelLayer(), BroadcastChannelLayer()
+        try:
+            # Another process's channel, or a group: what goes through the broker.
+            target = await other.new_channel() if method == "send" else group
+            with pytest.raises(ChannelsMessageTooLarge) as caught:
+                await getattr(layer, method)(target, {"type": "big", "text": "x" * 5000})
+            assert isinstance(caught.value, MessageTooLarge)
+            assert "max_message_size" in str(caught.value)
+        finally:
+            await layer.flush()
+            await other.flush()
+            await bc.aclose()
 
 
 async def test_names_of_99_characters_travel_between_processes(bc: Broadcast) -> None:
@@ -769,3 +854,194 @@ async def test_a_plain_consumer_with_groups_gets_sync_publishes(bc: Broadcast) -
         finally:
             await communicator.disconnect()
             await channel_layers["default"].flush()
+
+
+# Sync code (WSGI views, management commands, Celery tasks) -----------------------------
+
+
+def test_sync_group_sends_leave_no_connection_open(private_redis: PrivateRedis) -> None:
+    """Each ``async_to_sync(group_send)`` from a thread without an event loop runs on a
+    loop of its own that asgiref closes after the call: none may leave a connection."""
+    import redis as redis_py
+
+    with override_settings(BROADCAST={"default": {"URL": private_redis.url}}):
+        layer = BroadcastChannelLayer()
+        admin = redis_py.Redis.from_url(private_redis.url)
+        try:
+
+            def publish_from_a_plain_thread() -> None:
+                for number in range(200):
+                    async_to_sync(layer.group_send)("g-sync", {"type": "n", "n": number})
+
+            opened = admin.info("stats")["total_connections_received"]
+            thread = threading.Thread(target=publish_from_a_plain_thread)
+            thread.start()
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+            clients = admin.client_list()
+            # This admin client and the alias's sync pool at most; none per call.
+            assert len(clients) <= 3, [c.get("name") for c in clients]
+            # And none opened per call either: such a call takes the sync path.
+            assert admin.info("stats")["total_connections_received"] - opened <= 2
+        finally:
+            admin.close()
+            broadcasts["default"].close()
+
+
+def test_short_lived_loops_that_subscribe_leave_no_connection_open(
+    private_redis: PrivateRedis,
+) -> None:
+    """Whatever a loop opened (its hub's receiving connection, its async client) is
+    closed with the loop."""
+    import redis as redis_py
+
+    async def subscribe_and_publish(number: int) -> None:
+        bc = broadcasts["default"]
+        async with bc.subscribe("short-lived") as subscription:
+            await bc.apublish("short-lived", number)
+            event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+            assert event.data == number
+
+    with override_settings(BROADCAST={"default": {"URL": private_redis.url}}):
+        admin = redis_py.Redis.from_url(private_redis.url)
+        try:
+            for number in range(20):
+                asyncio.run(subscribe_and_publish(number))
+            clients = admin.client_list()
+            assert len(clients) <= 3, [c.get("name") for c in clients]
+        finally:
+            admin.close()
+            broadcasts["default"].close()
+
+
+# Plain channels are queues (Channels' spec, channels_redis's core layer) --------------
+
+
+@pytest.fixture
+def plain() -> str:
+    return f"plain-{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_plain_channel_keeps_a_message_until_it_is_received(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    # Channels' tutorial check: send to "test_channel" with nobody receiving, then
+    # receive it.
+    await layer.send(plain, {"type": "hello"})
+    assert await receive(layer, plain) == {"type": "hello"}
+
+
+def test_the_tutorials_shell_check(bc: Broadcast, plain: str) -> None:
+    channel_layer = BroadcastChannelLayer()
+    received: list[dict[str, Any]] = []
+
+    def shell() -> None:
+        async_to_sync(channel_layer.send)(plain, {"type": "hello"})
+        received.append(async_to_sync(channel_layer.receive)(plain))
+
+    thread = threading.Thread(target=shell, daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout=TIMEOUT)
+        assert received == [{"type": "hello"}]
+    finally:
+        async_to_sync(channel_layer.flush)()
+
+
+async def test_plain_channel_messages_are_received_in_order(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    for n in range(3):
+        await layer.send(plain, {"type": "m", "n": n})
+    assert [(await receive(layer, plain))["n"] for _ in range(3)] == [0, 1, 2]
+    await layer.send(plain, {"type": "m", "n": 3})
+    assert (await receive(layer, plain))["n"] == 3
+
+
+async def test_a_full_plain_channel_raises_channel_full(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    for n in range(3):  # the layer's capacity
+        await layer.send(plain, {"type": "m", "n": n})
+    with pytest.raises(ChannelFull):
+        await layer.send(plain, {"type": "m", "n": 3})
+    assert (await receive(layer, plain))["n"] == 0
+    await layer.send(plain, {"type": "m", "n": 4})  # room again
+    assert [(await receive(layer, plain))["n"] for _ in range(3)] == [1, 2, 4]
+
+
+async def test_channel_capacity_applies_to_plain_channels(bc: Broadcast, plain: str) -> None:
+    layer = BroadcastChannelLayer(capacity=10, channel_capacity={"tiny*": 1})
+    try:
+        await layer.send(f"tiny-{plain}", {"type": "a"})
+        with pytest.raises(ChannelFull):
+            await layer.send(f"tiny-{plain}", {"type": "b"})
+        for n in range(10):
+            await layer.send(plain, {"type": "m", "n": n})
+        with pytest.raises(ChannelFull):
+            await layer.send(plain, {"type": "m", "n": 10})
+    finally:
+        await layer.flush()
+
+
+async def test_plain_channel_messages_expire(
+    layer: BroadcastChannelLayer, plain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await layer.send(plain, {"type": "m", "n": 1})
+    await layer.send(plain, {"type": "m", "n": 2})
+    await layer.send(plain, {"type": "m", "n": 3})
+    assert (await receive(layer, plain))["n"] == 1
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + layer.expiry + 1)
+    # The two left expired: they are not received and take no room.
+    for n in range(4, 7):
+        await layer.send(plain, {"type": "m", "n": n})
+    assert [(await receive(layer, plain))["n"] for _ in range(3)] == [4, 5, 6]
+
+
+async def test_each_plain_channel_message_reaches_exactly_one_process(
+    bc: Broadcast, plain: str
+) -> None:
+    workers = [BroadcastChannelLayer(), BroadcastChannelLayer()]
+    sender = BroadcastChannelLayer(capacity=100)
+    received: list[int] = []
+
+    async def work(worker: BroadcastChannelLayer) -> None:
+        while True:
+            received.append((await worker.receive(plain))["n"])
+
+    tasks = [asyncio.create_task(work(worker)) for worker in workers for _ in range(2)]
+    try:
+        for n in range(40):
+            await sender.send(plain, {"type": "job", "n": n})
+        await until(lambda: len(received) >= 40)
+        await sender.send(plain, {"type": "job", "n": -1})  # the marker: nothing else
+        await until(lambda: -1 in received)
+        assert sorted(received) == [-1, *range(40)]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for layer in (*workers, sender):
+            await layer.flush()
+
+
+async def test_a_cancelled_receive_of_a_plain_channel_loses_nothing(
+    layer: BroadcastChannelLayer, plain: str
+) -> None:
+    for _ in range(20):
+        waiting = await waiting_receive(layer, plain)
+        await layer.send(plain, {"type": "m"})
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            message = await waiting
+            assert message == {"type": "m"}
+            continue
+        assert await receive(layer, plain) == {"type": "m"}  # it went back to the queue
+
+
+async def test_flush_empties_plain_channels(layer: BroadcastChannelLayer, plain: str) -> None:
+    await layer.send(plain, {"type": "old"})
+    await layer.flush()
+    await layer.send(plain, {"type": "new"})
+    assert (await receive(layer, plain))["type"] == "new"

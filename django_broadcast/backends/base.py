@@ -50,6 +50,9 @@ class Features:
     #: The broker's limit on the length of the names it is given for channels, in
     #: bytes, where it has one (the backend maps longer names to fit).
     max_name_length: int | None = None
+    #: Work queues (the channel layer's plain channels): a message waits in its queue
+    #: until one reader, in any process, takes it; with a capacity and an expiry.
+    queues: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +257,33 @@ class Backend(abc.ABC):
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """:meth:`history` from async code."""
         raise NotImplementedError(f"{type(self).__name__} keeps no history")
+
+    # Queues (only where ``features.queues``) --------------------------------------
+
+    async def aqueue_put(
+        self, queue: str, payload: bytes, *, capacity: int, expires: float
+    ) -> bool:
+        """Append ``payload`` to ``queue`` unless it already holds ``capacity``
+        messages that have not expired; return whether it was appended.
+
+        The message expires at ``expires`` (a ``time.time()`` value): an expired
+        message is never taken and takes no room.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no queues")
+
+    async def aqueue_take(self, queue: str, *, timeout: float) -> bytes | None:
+        """Take the oldest unexpired message of ``queue``, waiting at most ``timeout``
+        seconds; return None if none came.
+
+        Each message is taken once, by one caller, whichever process it runs in. A
+        caller cancelled while waiting takes nothing: a message the broker handed
+        over meanwhile goes back to the head of the queue.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no queues")
+
+    async def aqueue_clear(self, queue: str) -> None:
+        """Drop every message of ``queue``."""
+        raise NotImplementedError(f"{type(self).__name__} has no queues")
 
     # Receiving and lifetime -------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -42,7 +43,12 @@ class MemoryBackend(Backend):
     """Process-local broker with per-channel history."""
 
     features = Features(
-        history=True, origin=_ORIGIN, patterns=True, crosses_processes=False, id_order="channel"
+        history=True,
+        origin=_ORIGIN,
+        patterns=True,
+        crosses_processes=False,
+        id_order="channel",
+        queues=True,
     )
     requires_location = False
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
@@ -59,6 +65,7 @@ class MemoryBackend(Backend):
         self._evicted: dict[str, int] = {}  # channel -> id of the newest evicted event
         self._receivers: dict[str, set[_MemoryReceiver]] = {}
         self._pattern_receivers: dict[str, set[_MemoryReceiver]] = {}
+        self._queues: dict[str, _Queue] = {}
 
     def _send(self, channel: str, payload: bytes) -> str:
         with self._lock:
@@ -87,6 +94,67 @@ class MemoryBackend(Backend):
     async def apublish(self, channel: str, payload: bytes) -> str:
         """As :meth:`publish`; never waits."""
         return self._send(channel, payload)
+
+    # Queues: shared by every event loop of the process, under the backend's lock.
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue()
+        return queue
+
+    async def aqueue_put(
+        self, queue: str, payload: bytes, *, capacity: int, expires: float
+    ) -> bool:
+        """Append to the in-process queue, or hand straight to a waiting taker."""
+        with self._lock:
+            held = self._queue(queue)
+            held.drop_expired()
+            if len(held.messages) >= capacity:
+                return False
+            held.messages.append((expires, payload))
+            held.wake_one()
+        return True
+
+    async def aqueue_take(self, queue: str, *, timeout: float) -> bytes | None:
+        """Take from the in-process queue; a cancelled taker takes nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._lock:
+                held = self._queue(queue)
+                held.drop_expired()
+                if held.messages:
+                    payload = held.messages.popleft()[1]
+                    if held.messages:
+                        held.wake_one()
+                    self._forget_if_idle(queue, held)
+                    return payload
+                waiter: asyncio.Future[None] = loop.create_future()
+                held.waiters.append((loop, waiter))
+            try:
+                await asyncio.wait_for(waiter, max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                with self._lock:
+                    if (loop, waiter) in held.waiters:
+                        held.waiters.remove((loop, waiter))
+                    elif waiter.cancelled() and held.messages:
+                        held.wake_one()  # woken, then cancelled: pass it on
+                    self._forget_if_idle(queue, held)
+
+    def _forget_if_idle(self, name: str, queue: _Queue) -> None:
+        if not queue.messages and not queue.waiters and self._queues.get(name) is queue:
+            del self._queues[name]
+
+    async def aqueue_clear(self, queue: str) -> None:
+        """Drop the queue's messages."""
+        with self._lock:
+            held = self._queues.get(queue)
+            if held is not None:
+                held.messages.clear()
+                self._forget_if_idle(queue, held)
 
     def id_key(self, event_id: str) -> int:
         """Ids are decimal sequence numbers, ASCII digits, at most :data:`MAX_ID`."""
@@ -233,3 +301,32 @@ class _MemoryReceiver(Receiver):
             await self.unsubscribe(channel)
         for pattern in list(self._patterns):
             await self.punsubscribe(pattern)
+
+
+class _Queue:
+    """One in-process queue: its messages (expiry, payload), oldest first, and the
+    takers waiting on it (each a future on its own event loop)."""
+
+    __slots__ = ("messages", "waiters")
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple[float, bytes]] = deque()
+        self.waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    def drop_expired(self) -> None:
+        now = time.time()
+        while self.messages and self.messages[0][0] < now:
+            self.messages.popleft()
+
+    def wake_one(self) -> None:
+        """Wake the longest-waiting taker (called with the backend's lock held)."""
+        while self.waiters:
+            loop, waiter = self.waiters.popleft()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+                return
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

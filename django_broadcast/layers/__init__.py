@@ -21,8 +21,9 @@ and existing Channels code keeps working, sharing its events with the rest of th
   (where the sent message has its own ``channel``, ``id`` or ``data`` key, it wins).
 - **Membership is local to the process.** ``group_add`` holds one broadcast
   subscription per group per process (however many consumers join) and returns once
-  the broker has confirmed it; the last ``group_discard`` releases it. ``group_expiry``
-  is accepted for compatibility; memberships end with ``group_discard`` or ``flush``.
+  the broker has confirmed it; the last ``group_discard`` releases it. A membership
+  ends with ``group_discard``, ``flush`` or ``group_expiry`` seconds after its last
+  ``group_add``; a message that expired unreceived does not end it.
 - **Process-specific channels** (``new_channel()``, a consumer's ``channel_name``) are
   served by one inbox subscription per layer: ``send()`` to a channel of this process
   is a local hand-off (``ChannelFull`` past ``capacity``); to another process's, it
@@ -48,9 +49,12 @@ and existing Channels code keeps working, sharing its events with the rest of th
 - ``receive()`` takes a plain name or a channel made by this layer's
   ``new_channel()``; another process's channel is an ``AssertionError``, as in
   channels_redis.
+- **Plain channels are queues** in the broker (``Broadcast.aqueue_put`` and
+  ``aqueue_take``), as in channels_redis's core layer: a message waits until one
+  receiver in any process takes it; ``ChannelFull`` at capacity.
 - Messages expire after ``expiry`` seconds (default 60) unreceived.
 """
 
-from .layer import BroadcastChannelLayer
+from .layer import BroadcastChannelLayer, LayerMessageTooLarge
 
-__all__ = ["BroadcastChannelLayer"]
+__all__ = ["BroadcastChannelLayer", "LayerMessageTooLarge"]

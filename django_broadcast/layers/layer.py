@@ -13,16 +13,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
+from channels.exceptions import MessageTooLarge as ChannelsMessageTooLarge
 from channels.layers import BaseChannelLayer
+from django.core.exceptions import ImproperlyConfigured
 
 from ..broadcast import Broadcast
 from ..events import RESERVED_PREFIX, Event
+from ..exceptions import MessageTooLarge, QueueFull
 from ..registry import broadcasts
 from .mailboxes import Mailbox
 from .messages import SEND_TYPE, decode_bytes, encode_bytes, fresh_copy, member_message
 from .readers import Reader
 
-__all__ = ["BroadcastChannelLayer"]
+__all__ = ["BroadcastChannelLayer", "LayerMessageTooLarge"]
 
 logger = logging.getLogger("django_broadcast.layers")
 
@@ -32,6 +35,12 @@ _LAYER_PREFIX = RESERVED_PREFIX + "layer."
 _SWEEP_INTERVAL = 1.0
 
 
+class LayerMessageTooLarge(MessageTooLarge, ChannelsMessageTooLarge):
+    """A layer message over the alias's ``max_message_size``: both Channels'
+    ``MessageTooLarge`` (what handlers written for other layers catch) and
+    django_broadcast's."""
+
+
 class BroadcastChannelLayer(BaseChannelLayer):
     """A Channels channel layer that travels through a broadcast alias.
 
@@ -39,7 +48,14 @@ class BroadcastChannelLayer(BaseChannelLayer):
     ``expiry`` (seconds an unreceived message lives, default 60), ``capacity``
     (messages a local channel holds before ``ChannelFull``, default 100),
     ``channel_capacity`` (per-pattern capacities, as in channels_redis) and
-    ``group_expiry`` (accepted for compatibility).
+    ``group_expiry`` (seconds a group membership lasts unless renewed by another
+    ``group_add``, default 86400, as in channels_redis).
+
+    A message over the alias's ``max_message_size`` raises
+    :class:`LayerMessageTooLarge`, a ``channels.exceptions.MessageTooLarge``.
+
+    Any other key (``hosts``, ``prefix``, ``symmetric_encryption_keys``... of a
+    channels_redis ``CONFIG``) raises ``ImproperlyConfigured`` saying where it belongs.
     """
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
@@ -53,6 +69,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
         group_expiry: int = 86400,
         **kwargs: Any,
     ) -> None:
+        if kwargs:
+            raise ImproperlyConfigured(_unknown_keys(using, kwargs))
         super().__init__(expiry=expiry, capacity=capacity)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.using = using
@@ -65,6 +83,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._groups: dict[str, dict[str, float]] = {}
         self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
+        self._queues: set[str] = set()  # the plain channels this layer used
+        self._releasing: set[asyncio.Task[None]] = set()  # readers being stopped
 
     @property
     def broadcast(self) -> Broadcast:
@@ -85,8 +105,13 @@ class BroadcastChannelLayer(BaseChannelLayer):
         return f"{inbox}!{uuid.uuid4().hex[:12]}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Send ``message`` to ``channel``; raise ``ChannelFull`` when a local channel
-        already holds ``capacity`` messages."""
+        """Send ``message`` to ``channel``; raise ``ChannelFull`` when the channel
+        already holds its capacity of messages (a plain channel, in the broker; a
+        process-specific one of this process, locally).
+
+        A plain channel is a queue in the broker: the message waits, at most
+        ``expiry`` seconds, until one receiver in any process takes it.
+        """
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_channel_name(channel)
         assert "__asgi_channel__" not in message
@@ -97,10 +122,27 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._put(channel, expires, copy.deepcopy(message), strict=True)
                 return
             data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
-            await self.broadcast.apublish(self._inbox_channel(inbox), data, type=SEND_TYPE)
+            await self._publish(channel, self._inbox_channel(inbox), data, SEND_TYPE)
             return
-        data = {"to": channel, "expires": expires, "message": encode_bytes(message)}
-        await self.broadcast.apublish(self._broker_channel(channel), data, type=SEND_TYPE)
+        self._queues.add(channel)
+        try:
+            await self.broadcast.aqueue_put(
+                self._queue_name(channel),
+                encode_bytes(message),
+                capacity=self.get_capacity(channel),
+                ttl=self.expiry,
+            )
+        except QueueFull:
+            raise ChannelFull(channel) from None
+        except MessageTooLarge as exc:
+            raise LayerMessageTooLarge(channel, exc.size, exc.limit) from None
+
+    async def _publish(self, name: str, broker_channel: str, data: Any, type: str) -> None:
+        """Publish to ``broker_channel`` what was sent to channel or group ``name``."""
+        try:
+            await self.broadcast.apublish(broker_channel, data, type=type)
+        except MessageTooLarge as exc:
+            raise LayerMessageTooLarge(name, exc.size, exc.limit) from None
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``; each goes to one receiver.
@@ -109,21 +151,19 @@ class BroadcastChannelLayer(BaseChannelLayer):
         another process's channel raises ``AssertionError``, as in channels_redis.
         """
         self.require_valid_channel_name(channel)
-        if "!" in channel:
-            owner = channel.split("!", 1)[0]
-            assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
-            reader, local = self._inbox_channel(owner), True
-        else:
-            reader, local = self._broker_channel(channel), False
+        if "!" not in channel:
+            self._queues.add(channel)
+            taken = await self.broadcast.aqueue_take(self._queue_name(channel))
+            return decode_bytes(taken)
+        owner = channel.split("!", 1)[0]
+        assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
+        reader = self._inbox_channel(owner)
         self._sweep()
         loop = asyncio.get_running_loop()
         while True:
-            # At first, and after a flush. Messages of a specific channel may be local
-            # hand-offs, so its receiver waits on the inbox at once; a plain channel's
-            # come only from the broker, so it waits for the subscription first.
-            current = self._start_reader(reader, self._route_inbox)
-            if not local:
-                await asyncio.shield(current.ready)
+            # At first, and after a flush: messages of a specific channel may be local
+            # hand-offs, so its receiver waits on the inbox at once.
+            self._start_reader(reader, self._route_inbox)
             with self._lock:
                 inbox = self._inbox(channel)
                 taken = self._take(channel, inbox)
@@ -157,7 +197,6 @@ class BroadcastChannelLayer(BaseChannelLayer):
             if expires >= now:
                 self._forget_if_idle(channel, inbox)
                 return message, shared
-            self._expired(channel)
         return None
 
     def _forget_if_idle(self, channel: str, inbox: Mailbox) -> None:
@@ -174,7 +213,6 @@ class BroadcastChannelLayer(BaseChannelLayer):
             for channel, inbox in list(self._inboxes.items()):
                 while inbox.messages and inbox.messages[0][0] < now:
                     inbox.messages.popleft()
-                    self._expired(channel)
                 self._forget_if_idle(channel, inbox)
 
     def _put(
@@ -199,10 +237,6 @@ class BroadcastChannelLayer(BaseChannelLayer):
             raise ChannelFull(channel)
         logger.warning("channel %r is full (capacity %d): message dropped", channel, inbox.capacity)
 
-    def _expired(self, channel: str) -> None:
-        for members in list(self._groups.values()):
-            members.pop(channel, None)
-
     @staticmethod
     def _layer_channel(kind: str, name: str) -> str:
         channel = f"{_LAYER_PREFIX}{kind}.{name}"
@@ -211,9 +245,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         return channel
 
     @classmethod
-    def _broker_channel(cls, channel: str) -> str:
-        """The broadcast channel of a plain (not process-specific) channel."""
-        return cls._layer_channel("channel", channel)
+    def _queue_name(cls, channel: str) -> str:
+        """The broadcast queue of a plain (not process-specific) channel."""
+        return cls._layer_channel("queue", channel)
 
     @classmethod
     def _inbox_channel(cls, inbox: str) -> str:
@@ -252,7 +286,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
         data = {key: value for key, value in message.items() if key != "type"}
-        await self.broadcast.apublish(group, encode_bytes(data), type=message["type"])
+        await self._publish(group, group, encode_bytes(data), message["type"])
 
     # Readers -----------------------------------------------------------------------
 
@@ -266,16 +300,34 @@ class BroadcastChannelLayer(BaseChannelLayer):
         return reader
 
     def _route_group(self, event: Event) -> None:
-        members = list(self._groups.get(event.channel, ()))
-        if not members:
+        group = self._groups.get(event.channel)
+        if not group:
             return
+        now = time.time()
+        joined_before = now - self.group_expiry
+        for member in [member for member, joined in group.items() if joined < joined_before]:
+            del group[member]  # its membership expired (group_expiry)
+        if not group:
+            del self._groups[event.channel]
+            self._release(event.channel)
+            return
+        members = list(group)
         message = member_message(event)
-        expires = time.time() + self.expiry
+        expires = now + self.expiry
         for member in members:
             if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
                 self._put(member, expires, message, strict=False, shared=True)
             else:  # send() copies it
                 asyncio.get_running_loop().create_task(self._forward(member, message))
+
+    def _release(self, group: str) -> None:
+        """Stop the reader of ``group``, whose last membership expired, from its own
+        routing (in a task of its own: a reader cannot await its own end)."""
+        reader = self._readers.pop(group, None)
+        if reader is not None:
+            task = asyncio.get_running_loop().create_task(reader.stop())
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     async def _forward(self, channel: str, message: dict[str, Any]) -> None:
         try:
@@ -294,9 +346,12 @@ class BroadcastChannelLayer(BaseChannelLayer):
     # Flush and close ---------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Drop every queued message, group membership and subscription."""
+        """Drop every queued message (of the plain channels this layer used too),
+        group membership and subscription."""
         readers, self._readers = self._readers, {}
         self._groups = {}
+        queues, self._queues = self._queues, set()
+        await _gather(self.broadcast.aqueue_clear(self._queue_name(name)) for name in queues)
         with self._lock:
             inboxes, self._inboxes = self._inboxes, {}
             for inbox in inboxes.values():
@@ -307,6 +362,29 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """Release this layer's subscriptions (the alias stays open)."""
         readers, self._readers = self._readers, {}
         await _gather(reader.stop() for reader in readers.values())
+
+
+#: Where the keys of a channels_redis ``CONFIG`` that the layer does not take belong.
+_ELSEWHERE = {
+    "hosts": "the Redis address is the alias's: set BROADCAST[{using!r}]['URL']",
+    "prefix": "set BROADCAST[{using!r}]['OPTIONS']['prefix']",
+    "symmetric_encryption_keys": (
+        "the layer does not encrypt messages: encrypt the connection to the broker (rediss:// URLs)"
+    ),
+}
+
+
+def _unknown_keys(using: str, keys: dict[str, Any]) -> str:
+    """The error for ``CONFIG`` keys the layer does not take: where each belongs."""
+    said = [
+        f"{key!r}: {_ELSEWHERE[key].format(using=using)}" if key in _ELSEWHERE else repr(key)
+        for key in sorted(keys)
+    ]
+    return (
+        f"BroadcastChannelLayer does not take the CONFIG key(s) {'; '.join(said)}. It takes "
+        f"using, expiry, capacity, channel_capacity, group_expiry (see the docs' "
+        f"migrating page)."
+    )
 
 
 async def _gather(awaitables: Iterable[Awaitable[None]]) -> None:

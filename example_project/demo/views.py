@@ -1,33 +1,20 @@
-"""A page that shows the demo channel live, and a plain sync view that publishes."""
+"""The example project's home page and favicon; the chat rooms are in ``chat.py``
+and the seat map in ``seats.py``."""
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import redirect, render
-from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.contrib.staticfiles import finders
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.shortcuts import render
 
 from django_broadcast import broadcast
 
-CHANNEL = "demo"
-
 
 def index(request: HttpRequest) -> HttpResponse:
-    """The page, with the latest events where the broker keeps history."""
-    keeps_history = broadcast.features.history
-    events = broadcast.history(CHANNEL, limit=20) if keeps_history else []
-    return render(
-        request,
-        "demo/index.html",
-        {"channel": CHANNEL, "events": events, "keeps_history": keeps_history},
-    )
+    """The home page: what the demo shows and where."""
+    return render(request, "demo/index.html", {"backend": broadcast.backend.__class__.__name__})
 
 
-@require_POST
-def publish(request: HttpRequest) -> HttpResponse:
-    """Publish the posted text, as any sync view or signal would."""
-    text = request.POST.get("text", "").strip()
-    if not text:
-        return HttpResponseBadRequest("write something")
-    broadcast.publish(CHANNEL, {"text": text[:500], "at": timezone.now()})
-    if request.headers.get("X-Requested-With") == "fetch":
-        return HttpResponse(status=204)
-    return redirect("index")
+def favicon(request: HttpRequest) -> FileResponse:
+    """``/favicon.ico``, for browsers that ask for it whatever the page says."""
+    path = finders.find("demo/favicon.svg")
+    assert isinstance(path, str)
+    return FileResponse(open(path, "rb"), content_type="image/svg+xml")

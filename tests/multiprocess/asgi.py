@@ -11,8 +11,10 @@ from django.urls import path  # noqa: E402
 
 from django_broadcast.routing import application as broadcast_application  # noqa: E402
 
-from .consumers import ChatConsumer  # noqa: E402
+from .consumers import ChatConsumer, ThumbnailWorker  # noqa: E402
 
 application = broadcast_application(
-    django_asgi_app, websocket=[path("chat/<str:room>/", ChatConsumer.as_asgi())]
+    django_asgi_app,
+    websocket=[path("chat/<str:room>/", ChatConsumer.as_asgi())],
+    channel={"thumbnails": ThumbnailWorker.as_asgi()},
 )

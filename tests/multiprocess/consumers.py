@@ -1,10 +1,14 @@
-"""A plain Channels chat consumer, as existing projects write them."""
+"""Plain Channels consumers, as existing projects write them: a chat, a worker."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from channels.consumer import SyncConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from django_broadcast import broadcast
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -25,3 +29,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def chat_message(self, message: dict[str, Any]) -> None:
         await self.send_json({"text": message["text"], "id": message["id"]})
+
+
+class ThumbnailWorker(SyncConsumer):
+    """A ``runworker thumbnails`` worker: says on ``thumbnails.done`` which job it did."""
+
+    def thumbnail_make(self, message: dict[str, Any]) -> None:
+        broadcast.publish("thumbnails.done", {"job": message["job"], "pid": os.getpid()})

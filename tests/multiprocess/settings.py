@@ -37,3 +37,6 @@ BROADCAST_AUTH = {
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "tests.multiprocess.urls"
 SILENCED_SYSTEM_CHECKS = ["django_broadcast.W001"]
+# For manage.py runworker.
+ASGI_APPLICATION = "tests.multiprocess.asgi.application"
+INSTALLED_APPS = [*INSTALLED_APPS, "channels"]  # noqa: F405 (its runworker command)

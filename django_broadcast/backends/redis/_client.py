@@ -10,6 +10,7 @@ import re
 import select
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +22,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..._loops import at_close
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, ConnectionLost
 
@@ -96,7 +98,14 @@ class RedisBase(Backend):
                 retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
                 **self._client_kwargs(socket_timeout=None),
             )
+            at_close(loop, partial(self._release, loop, client))
         return client
+
+    async def _release(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+        """Close the client of ``loop``, which is closing."""
+        if self._async.get(loop) is client:
+            del self._async[loop]
+        await client.aclose()
 
     def connection_name(self, role: str) -> str:
         """The ``CLIENT SETNAME`` of a receiving connection, for ``CLIENT LIST``."""
@@ -218,10 +227,11 @@ class RedisBase(Backend):
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
-    async def acall(self, awaitable: Awaitable[T]) -> T:
-        """Await a Redis call within TIMEOUT, translating connection failures."""
+    async def acall(self, awaitable: Awaitable[T], *, waits: float = 0) -> T:
+        """Await a Redis call within TIMEOUT (plus ``waits``, the seconds a blocking
+        command may wait at the server), translating connection failures."""
         try:
-            async with _deadline(self.timeout):
+            async with _deadline(self.timeout + waits):
                 return await awaitable
         except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
             raise self.unavailable(exc) from exc

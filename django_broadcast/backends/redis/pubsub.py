@@ -14,15 +14,16 @@ from typing import Any
 from redis.asyncio.connection import async_timeout as _deadline  # asyncio's or async-timeout's
 
 from ..base import ConnectionLost, Features, Message, Receiver
-from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection, RedisBase
+from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection
+from .queues import RedisQueues
 
 __all__ = ["RedisBackend"]
 
 
-class RedisBackend(RedisBase):
+class RedisBackend(RedisQueues):
     """Redis pub/sub: at-most-once delivery, no history (``redis://``, ``rediss://``)."""
 
-    features = Features(patterns=True, id_order="publisher", max_payload=MAX_PAYLOAD)
+    features = Features(patterns=True, id_order="publisher", max_payload=MAX_PAYLOAD, queues=True)
 
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         super().__init__(location, options, timeout=timeout)

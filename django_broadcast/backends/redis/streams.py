@@ -13,7 +13,8 @@ import redis.asyncio
 
 from ...exceptions import BroadcastUnavailable
 from ..base import ConnectionLost, Features, HistoryPage, Message, Receiver
-from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection, RedisBase
+from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection
+from .queues import RedisQueues
 
 __all__ = ["RedisStreamsBackend"]
 
@@ -65,10 +66,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStreamsBackend(RedisBase):
+class RedisStreamsBackend(RedisQueues):
     """Redis Streams: history, resume and loss-free reconnects (``redis+streams://``)."""
 
-    features = Features(history=True, origin=_ORIGIN, id_order="channel", max_payload=MAX_PAYLOAD)
+    features = Features(
+        history=True, origin=_ORIGIN, id_order="channel", max_payload=MAX_PAYLOAD, queues=True
+    )
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
         "prefix": str,
