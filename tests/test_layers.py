@@ -200,6 +200,7 @@ async def test_group_send_with_no_members(layer: BroadcastChannelLayer, group: s
     await layer.group_send(group, {"type": "message.1"})
 
 
+@pytest.mark.features("queues")
 async def test_a_plain_channel_in_a_group_gets_its_messages(bc: Broadcast, group: str) -> None:
     worker, web = BroadcastChannelLayer(), BroadcastChannelLayer()
     name = f"test-gr-chan-{uuid.uuid4().hex[:8]}"
@@ -481,6 +482,7 @@ async def test_repeated_group_sends_from_sync_code_arrive(
     assert [(await receive(layer, channel))["n"] for _ in range(2)] == [0, 1]
 
 
+@pytest.mark.features("queues")
 async def test_a_layer_used_from_sync_code_leaves_no_task_pending(
     bc: Broadcast, group: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -636,6 +638,7 @@ async def test_bytes_survive_the_trip(bc: Broadcast, group: str) -> None:
         await second.flush()
 
 
+@pytest.mark.features("queues")
 async def test_plain_channels_reach_the_processes_receiving_them(
     bc: Broadcast,
 ) -> None:
@@ -922,6 +925,7 @@ def plain() -> str:
     return f"plain-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.mark.features("queues")
 async def test_a_plain_channel_keeps_a_message_until_it_is_received(
     layer: BroadcastChannelLayer, plain: str
 ) -> None:
@@ -931,6 +935,7 @@ async def test_a_plain_channel_keeps_a_message_until_it_is_received(
     assert await receive(layer, plain) == {"type": "hello"}
 
 
+@pytest.mark.features("queues")
 def test_the_tutorials_shell_check(bc: Broadcast, plain: str) -> None:
     channel_layer = BroadcastChannelLayer()
     received: list[dict[str, Any]] = []
@@ -948,6 +953,7 @@ def test_the_tutorials_shell_check(bc: Broadcast, plain: str) -> None:
         async_to_sync(channel_layer.flush)()
 
 
+@pytest.mark.features("queues")
 async def test_plain_channel_messages_are_received_in_order(
     layer: BroadcastChannelLayer, plain: str
 ) -> None:
@@ -958,6 +964,7 @@ async def test_plain_channel_messages_are_received_in_order(
     assert (await receive(layer, plain))["n"] == 3
 
 
+@pytest.mark.features("queues")
 async def test_a_full_plain_channel_raises_channel_full(
     layer: BroadcastChannelLayer, plain: str
 ) -> None:
@@ -970,6 +977,7 @@ async def test_a_full_plain_channel_raises_channel_full(
     assert [(await receive(layer, plain))["n"] for _ in range(3)] == [1, 2, 4]
 
 
+@pytest.mark.features("queues")
 async def test_channel_capacity_applies_to_plain_channels(bc: Broadcast, plain: str) -> None:
     layer = BroadcastChannelLayer(capacity=10, channel_capacity={"tiny*": 1})
     try:
@@ -984,6 +992,7 @@ async def test_channel_capacity_applies_to_plain_channels(bc: Broadcast, plain: 
         await layer.flush()
 
 
+@pytest.mark.features("queues")
 async def test_plain_channel_messages_expire(
     layer: BroadcastChannelLayer, plain: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -999,6 +1008,7 @@ async def test_plain_channel_messages_expire(
     assert [(await receive(layer, plain))["n"] for _ in range(3)] == [4, 5, 6]
 
 
+@pytest.mark.features("queues")
 async def test_each_plain_channel_message_reaches_exactly_one_process(
     bc: Broadcast, plain: str
 ) -> None:
@@ -1026,6 +1036,7 @@ async def test_each_plain_channel_message_reaches_exactly_one_process(
             await layer.flush()
 
 
+@pytest.mark.features("queues")
 async def test_a_cancelled_receive_of_a_plain_channel_loses_nothing(
     layer: BroadcastChannelLayer, plain: str
 ) -> None:
@@ -1040,6 +1051,7 @@ async def test_a_cancelled_receive_of_a_plain_channel_loses_nothing(
         assert await receive(layer, plain) == {"type": "m"}  # it went back to the queue
 
 
+@pytest.mark.features("queues")
 async def test_flush_empties_plain_channels(layer: BroadcastChannelLayer, plain: str) -> None:
     await layer.send(plain, {"type": "old"})
     await layer.flush()

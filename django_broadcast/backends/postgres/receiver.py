@@ -78,7 +78,11 @@ class PostgresReceiver(Receiver):
 
         async def listen(conn: psycopg.AsyncConnection[Any]) -> int:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
-            row = await (await conn.execute(NEWEST.encode(), [key])).fetchone()
+            async with conn.transaction():
+                # A publisher in flight may have queued its NOTIFY before the LISTEN:
+                # wait for it to commit, so that the position covers its event.
+                await conn.execute(WAIT_PUBLISHERS.encode(), [lock_key(key)])
+                row = await (await conn.execute(NEWEST.encode(), [key])).fetchone()
             assert row is not None
             return int(row[0])
 
