@@ -13,6 +13,7 @@ from .conftest import REDIS_URL, require_broker
 @pytest.fixture(autouse=True)
 def _redis() -> None:
     require_broker("redis", REDIS_URL)
+    require_broker("postgresql")
 
 
 def test_sync_publish_benchmark_runs() -> None:
@@ -23,6 +24,7 @@ def test_sync_publish_benchmark_runs() -> None:
         "redis-py PUBLISH",
         "publish redis://",
         "publish redis+streams://",
+        "publish postgres://",
         "channels_redis",
     ):
         assert case in table
@@ -36,6 +38,7 @@ def test_fanout_benchmark_runs() -> None:
     for case in (
         "redis://",
         "redis+streams://",
+        "postgres://",
         "BroadcastChannelLayer",
         "channels_redis pubsub",
         "encode/broadcaster",
