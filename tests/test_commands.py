@@ -23,6 +23,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_broadcast import Broadcast, Event, broadcast, broadcasts
+from django_broadcast.backends import schemes
 from django_broadcast.codec import JSONCodec
 
 from .conftest import PrivateRedis, alias_settings, free_port, using
@@ -277,7 +278,7 @@ def test_history_needs_a_backend_that_keeps_it(
     assert str(error.value) == (
         f"--{next(iter(option))}: alias 'default' uses {type(bc.backend).__name__}, which keeps "
         f"no history: drop the option to follow live events only, or tail an alias whose "
-        f"backend keeps history (such as memory://, redis+streams://, rediss+streams://)"
+        f"backend keeps history ({schemes.describe('history')})"
     )
 
 
