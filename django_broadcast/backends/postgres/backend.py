@@ -159,7 +159,8 @@ class _Watchdog:
                     target=self._run, name="django_broadcast postgres watchdog", daemon=True
                 )
                 self.thread.start()
-            self.cond.notify()
+            if self.due[0][1] == number:  # the earliest deadline: wake the thread for it
+                self.cond.notify()
         try:
             yield
         finally:
