@@ -424,7 +424,7 @@ class PostgresBroker(Broker):
         return POSTGRES_URL
 
     def default_options(self) -> dict[str, Any]:
-        return {"prefix": PREFIX[len("test-broadcast") :]}  # short: a NOTIFY name is 63 bytes
+        return {"prefix": PREFIX}
 
     def reachable(self) -> bool:
         from urllib.parse import urlsplit
@@ -438,19 +438,19 @@ class PostgresBroker(Broker):
         return server
 
     def cleanup(self) -> None:
-        """Delete the rows this run wrote in the shared database."""
+        """Delete the rows this run wrote in the shared database (every alias of the
+        tests prefixes its channels with :data:`PREFIX`)."""
         import psycopg
 
         from django_broadcast.backends.postgres import schema
 
-        prefix = self.default_options()["prefix"]
         with (
             psycopg.connect(POSTGRES_URL, autocommit=True) as conn,
             contextlib.suppress(psycopg.errors.UndefinedTable),  # no test made them
         ):
             for table in (schema.TABLE, schema.TRIMMED):
                 conn.execute(
-                    f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [prefix]
+                    f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [PREFIX]
                 )
 
     async def subscriptions(self, bc: Broadcast, channel: str) -> int:
