@@ -6,16 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
-import itertools
-import logging
-import os
-import select
-import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import psycopg
@@ -25,10 +19,9 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from ...exceptions import BroadcastError, BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Message, Receiver
 from . import schema
+from ._severing import Watchdog, overran, peer_closed
 
 __all__ = ["PostgresBackend"]
-
-logger = logging.getLogger("django_broadcast.backends.postgres")
 
 #: NOTIFY channels are identifiers: at most NAMEDATALEN - 1 bytes.
 MAX_NAME = 63
@@ -112,79 +105,6 @@ def lock_key(text: str) -> int:
     )
 
 
-def sever(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    """Shut down ``conn``'s socket, so that whatever waits on it fails at once (a
-    frozen server answers nothing, and psycopg has no timeout of its own per query)."""
-    with contextlib.suppress(OSError, psycopg.Error):
-        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.close()
-
-
-def overran(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    """:func:`sever` a connection whose statement outlived TIMEOUT."""
-    logger.debug("closing a connection whose statement did not end within TIMEOUT")
-    sever(conn)
-
-
-def _peer_closed(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    """Whether the server closed ``conn`` (an idle connection has nothing to read)."""
-    try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.Error):
-        return True
-    return bool(readable)
-
-
-class _Watchdog:
-    """One thread per backend that severs the connections of sync statements that
-    overrun their deadline (no thread per call)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.due: list[tuple[float, int, psycopg.Connection[Any]]] = []
-        self.done: set[int] = set()
-        self.counter = itertools.count()
-        self.thread: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def watch(self, conn: psycopg.Connection[Any], timeout: float) -> Iterator[None]:
-        number = next(self.counter)
-        with self.cond:
-            heapq.heappush(self.due, (time.monotonic() + timeout, number, conn))
-            if self.thread is None:
-                self.thread = threading.Thread(
-                    target=self._run, name="django_broadcast postgres watchdog", daemon=True
-                )
-                self.thread.start()
-            if self.due[0][1] == number:  # the earliest deadline: wake the thread for it
-                self.cond.notify()
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.done.add(number)
-
-    def _run(self) -> None:
-        with self.cond:
-            while True:
-                while self.due and self.due[0][1] in self.done:
-                    self.done.discard(heapq.heappop(self.due)[1])
-                if not self.due:
-                    self.cond.wait()
-                    continue
-                deadline, number, conn = self.due[0]
-                left = deadline - time.monotonic()
-                if left > 0:
-                    self.cond.wait(left)
-                    continue
-                heapq.heappop(self.due)
-                self.done.add(number)  # discarded at its end
-                overran(conn)
-
-
 class PostgresBackend(Backend):
     """PostgreSQL LISTEN/NOTIFY with history in a table, and transactional publish
     (``postgres://``, ``postgresql://``)."""
@@ -223,7 +143,7 @@ class PostgresBackend(Backend):
         self._pool_lock = threading.Lock()
         self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]]
         self._apools = weakref.WeakKeyDictionary()
-        self._watchdog = _Watchdog()
+        self._watchdog = Watchdog()
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
@@ -369,7 +289,7 @@ class PostgresBackend(Backend):
         deadline = time.monotonic() + self.timeout
         while True:
             conn = pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
-            if not _peer_closed(conn):
+            if not peer_closed(conn):
                 return conn
             conn.close()
             pool.putconn(conn)
@@ -379,7 +299,7 @@ class PostgresBackend(Backend):
         deadline = time.monotonic() + self.timeout
         while True:
             conn = await pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
-            if not _peer_closed(conn):
+            if not peer_closed(conn):
                 return conn
             await conn.close()
             await pool.putconn(conn)

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import Notify, sql
 
 from ..base import ConnectionLost, Message, Receiver
+from ._severing import overran, sever
 from .backend import (
     AFTER,
     BY_ID,
@@ -18,8 +19,6 @@ from .backend import (
     WAIT_PUBLISHERS,
     PostgresBackend,
     lock_key,
-    overran,
-    sever,
 )
 
 __all__ = ["PostgresReceiver"]
