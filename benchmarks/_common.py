@@ -13,6 +13,7 @@ from typing import Any
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def streams_url(url: str = REDIS_URL) -> str:
@@ -83,6 +84,17 @@ def delete_nats_stream(prefix: str) -> None:
             await client.close()
 
     asyncio.run(delete())
+
+
+def delete_rows(prefix: str) -> None:
+    """Delete every PostgreSQL row a run wrote (each run writes under its own prefix)."""
+    import psycopg
+
+    from django_broadcast.backends.postgres import schema
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for table in (schema.TABLE, schema.TRIMMED):
+            conn.execute(f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [prefix])
 
 
 def rss(pid: int) -> int:

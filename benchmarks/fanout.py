@@ -12,9 +12,9 @@ Receivers iterate as a WebSocket or SSE consumer would (``async for`` / ``receiv
 without per-event timeouts.
 
 Cases: ``broadcast.subscribe`` on ``redis://``, ``redis+streams://``, ``nats://``
-(JetStream at ``NATS_URL``) and ``redis+cluster://`` (sharded pub/sub on
-``REDIS_CLUSTER_URL``, or on a local three-master cluster started for the run);
-Channels layers,
+(JetStream at ``NATS_URL``), ``postgres://`` (at ``POSTGRES_URL``) and
+``redis+cluster://`` (sharded pub/sub on ``REDIS_CLUSTER_URL``, or on a local
+three-master cluster started for the run); Channels layers,
 ``BroadcastChannelLayer`` on ``redis://`` and channels_redis core and pub/sub (one
 ``new_channel()`` per consumer, all in one group, ``group_send``); encode/broadcaster
 (``Broadcast.subscribe``). broadcaster delivers nothing with redis-py 8, so it runs in
@@ -41,11 +41,13 @@ from typing import Any
 from ._common import (
     NATS_URL,
     NO_CLUSTER,
+    POSTGRES_URL,
     REDIS_URL,
     Table,
     cluster_url,
     delete_keys,
     delete_nats_stream,
+    delete_rows,
     machine,
     nats_prefix,
     setup_django,
@@ -223,6 +225,10 @@ def _cases(prefix: str, cluster: str | None) -> dict[str, tuple[str, Case]]:
             NATS_URL,
             lambda n, e, c: _django_broadcast(NATS_URL, nats_prefix(prefix), n, e, c),
         ),
+        "django_broadcast postgres://": (
+            POSTGRES_URL,
+            lambda n, e, c: _django_broadcast(POSTGRES_URL, prefix, n, e, c),
+        ),
         "django_broadcast BroadcastChannelLayer redis://": (
             REDIS_URL,
             lambda n, e, c: _channels_layer("broadcast", prefix, n, e, c),
@@ -287,6 +293,7 @@ def _measure(prefix: str, cluster: str | None, sizes: list[int], events: int, ro
                 results[label, n] = statistics.median(rates) if len(rates) == rounds else None
     delete_keys(prefix)
     delete_nats_stream(prefix)
+    delete_rows(prefix)
     return _table(results, failures, sizes, events, rounds)
 
 

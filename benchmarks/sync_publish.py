@@ -4,8 +4,9 @@
 
 Cases: raw redis-py PUBLISH and XADD and nats-py's JetStream publish (the floors),
 ``broadcast.publish`` on ``redis://``, ``redis+streams://``, ``nats://`` (JetStream,
-at ``NATS_URL``), ``memory://`` and ``redis+cluster://`` (sharded pub/sub on
-``REDIS_CLUSTER_URL``, or on a local three-master cluster started for the run), and
+at ``NATS_URL``), ``postgres://`` (at ``POSTGRES_URL``), ``memory://`` and
+``redis+cluster://`` (sharded pub/sub on ``REDIS_CLUSTER_URL``, or on a local
+three-master cluster started for the run), and
 ``async_to_sync(channel_layer.group_send)`` on channels_redis's core and pub/sub
 layers (what a view pays with Channels today). Prints the median of several rounds.
 """
@@ -20,11 +21,13 @@ from collections.abc import Callable
 from ._common import (
     NATS_URL,
     NO_CLUSTER,
+    POSTGRES_URL,
     REDIS_URL,
     Table,
     cluster_url,
     delete_keys,
     delete_nats_stream,
+    delete_rows,
     interleaved_rates,
     machine,
     nats_prefix,
@@ -51,6 +54,7 @@ def run(events: int, rounds: int, anchor_events: int | None = None) -> Table:
                 "URL": NATS_URL,
                 "OPTIONS": {"prefix": nats_prefix(prefix), "history": 1000},
             },
+            "postgres": {"URL": POSTGRES_URL, "OPTIONS": {"prefix": prefix, "history": 1000}},
         }
         if cluster is not None:
             aliases["cluster"] = {"URL": cluster, "OPTIONS": {"prefix": prefix}}
@@ -94,6 +98,7 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str, clust
         ("pubsub", "redis://"),
         ("streams", "redis+streams://"),
         ("nats", "nats://"),
+        ("postgres", "postgres://"),
         ("default", "memory://"),
         *([("cluster", "redis+cluster://")] if cluster else []),
     ]:
@@ -154,8 +159,10 @@ def _run(events: int, rounds: int, anchor_events: int | None, prefix: str, clust
     nats_loop.run_until_complete(nats_client.close())
     nats_loop.close()
     broadcasts["nats"].close()
+    broadcasts["postgres"].close()
     delete_keys(prefix)
     delete_nats_stream(prefix)
+    delete_rows(prefix)
     return table
 
 

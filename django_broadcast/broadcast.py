@@ -225,10 +225,13 @@ class Broadcast:
         The channel name and the data are checked, and the data encoded, here, in the
         caller, before anything is sent. Inside ``transaction.atomic()`` the event is
         sent when the transaction commits and never if it rolls back, and this returns
-        ``None``; ``on_commit=False`` sends at once. Otherwise return the sent
-        :class:`Event`. A publish that fails at the commit never raises out of the
-        committed transaction: it is logged, counted in :attr:`failed_publishes` and
-        sent as the :data:`~django_broadcast.signals.publish_failed` signal.
+        ``None``; ``on_commit=False`` sends at once. On a transactional backend whose
+        ``database`` is the one in the atomic block, the event is written in that
+        transaction instead (it leaves at the commit, never on rollback) and returned.
+        Otherwise return the sent :class:`Event`. A publish that fails at the commit
+        never raises out of the committed transaction: it is logged, counted in
+        :attr:`failed_publishes` and sent as the
+        :data:`~django_broadcast.signals.publish_failed` signal.
 
         Raise ``ValueError`` for a bad channel name, ``TypeError`` for data the codec
         cannot encode, :class:`MessageTooLarge` over the size limit, and
@@ -236,6 +239,12 @@ class Broadcast:
         """
         payload, ms = self._encode(channel, type, data)
         if on_commit:
+            joined = self._joined_transaction()
+            if joined is not None:  # written in the transaction: it leaves at the commit
+                event = self._send(channel, type, data, payload, ms, observe=False)
+                if self.observers:
+                    joined.on_commit(lambda: self._notify(event))
+                return event
             connection = _connection_in_atomic_block()
             if connection is not None:
                 connection.on_commit(lambda: self._send_committed(channel, type, data, payload, ms))
@@ -261,14 +270,24 @@ class Broadcast:
             lambda: self._send_committed(channel, type, data, payload, ms), using=using
         )
 
-    def _send(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> Event:
+    def _joined_transaction(self) -> BaseDatabaseWrapper | None:
+        """The database connection whose open transaction a publish is written in: the
+        backend's ``database`` where it is transactional and in an atomic block."""
+        database = self.backend.database if self.features.transactional else None
+        if database is not None and connections[database].in_atomic_block:
+            return connections[database]
+        return None
+
+    def _send(
+        self, channel: str, type: str, data: Any, payload: bytes, ms: int, *, observe: bool = True
+    ) -> Event:
         started = perf_counter()
         event_id = self.backend.publish(channel, payload)
         counters = self.counters
         counters.latencies.add(perf_counter() - started)
         counters.published += 1
         event = Event(channel, type, data, event_id, _from_ms(ms))
-        if self.observers:
+        if observe and self.observers:
             self._notify(event)
         return event
 

@@ -11,6 +11,7 @@ features a ``@pytest.mark.features(...)`` marker asks for (``"history"``, or
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ __all__ = [
     "Broker",
     "PrivateCluster",
     "PrivateNats",
+    "PrivatePostgres",
     "PrivateRedis",
     "PrivateSentinel",
     "PrivateServer",
@@ -850,3 +852,162 @@ BROKERS: dict[str, Broker] = {
         NatsBroker(),
     )
 }
+
+
+# PostgreSQL ----------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class PrivatePostgres(PrivateServer):
+    """A private PostgreSQL cluster (initdb in a temp dir, trust auth, fsync off: a
+    kill -9 keeps the data, the OS still has it). Run as the ``postgres`` user where
+    the tests run as root, which initdb refuses."""
+
+    binary = f"{_PG_BIN}/postgres"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="broadcast-postgres-")
+        self.data = os.path.join(self.dir, "data")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        self._initdb()
+
+    def _initdb(self) -> None:
+        subprocess.run(
+            [*self.prefix, f"{_PG_BIN}/initdb", "-D", self.data, "-U", "postgres",
+             "-A", "trust", "--no-sync", "-E", "UTF8"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [*self.prefix, self.binary, "-D", self.data, "-p", str(self.port),
+             "-k", self.dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not self._answers():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"private postgres on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url, connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def _pid(self) -> int:
+        """The postmaster's pid (runuser forks it as its child)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as file:
+            return int(file.readline())
+
+    def _signal(self, sig: int) -> None:
+        """Send ``sig`` to the postmaster and every backend it runs."""
+        try:
+            pid = self._pid()
+        except FileNotFoundError:  # it did not get as far as writing it
+            return
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for each in [pid, *map(int, children)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, sig)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self._signal(signal.SIGKILL)
+            self.process.kill()  # runuser, where it runs the server
+            self.process.wait(timeout=10)
+            self.process = None
+            # What a postmaster killed so leaves behind, and refuses to start with.
+            for leftover in [
+                os.path.join(self.data, "postmaster.pid"),
+                os.path.join(self.dir, f".s.PGSQL.{self.port}"),
+                os.path.join(self.dir, f".s.PGSQL.{self.port}.lock"),
+            ]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(leftover)
+
+    def restart(self, *, persist: bool = True) -> None:
+        self.kill()
+        if not persist:
+            shutil.rmtree(self.data)
+            self._initdb()
+        self.start()
+
+    def freeze(self) -> None:
+        assert self.process is not None, "the server is not running"
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None, "the server is not running"
+        self._signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PostgresBroker(Broker):
+    name = "postgresql"
+    can_start = True
+
+    def url(self) -> str:
+        return POSTGRES_URL
+
+    def default_options(self) -> dict[str, Any]:
+        return {"prefix": PREFIX}
+
+    def reachable(self) -> bool:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(POSTGRES_URL)
+        return reachable(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+    def start_private(self) -> PrivateServer:
+        server = PrivatePostgres()
+        server.start()
+        return server
+
+    def cleanup(self) -> None:
+        """Delete the rows this run wrote in the shared database (every alias of the
+        tests prefixes its channels with :data:`PREFIX`)."""
+        import psycopg
+
+        from django_broadcast.backends.postgres import schema
+
+        with (
+            psycopg.connect(POSTGRES_URL, autocommit=True) as conn,
+            contextlib.suppress(psycopg.errors.UndefinedTable),  # no test made them
+        ):
+            for table in (schema.TABLE, schema.TRIMMED):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [PREFIX]
+                )
+
+    async def subscriptions(self, bc: Broadcast, channel: str) -> int:
+        # LISTEN is per session and pg_listening_channels() reads only one's own: count
+        # the listening connections of the alias (one per event loop, every channel).
+        import psycopg
+
+        name = bc.backend.application_name  # type: ignore[attr-defined]
+        async with await psycopg.AsyncConnection.connect(bc.backend.url) as conn:  # type: ignore[attr-defined]
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [name]
+            )
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
+
+BROKERS["postgresql"] = PostgresBroker()

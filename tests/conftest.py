@@ -194,6 +194,14 @@ def _delete_test_streams() -> Iterator[None]:
         asyncio.run(broker.delete_streams())  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_rows() -> Iterator[None]:
+    yield
+    broker = BROKERS["postgresql"]
+    if broker.reachable():
+        broker.cleanup()  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Start servers of the test project (``tests/servers.py``): ``serve("daphne",

@@ -18,6 +18,7 @@ def _redis(monkeypatch: pytest.MonkeyPatch) -> None:
         url = shared_cluster().url.replace("redis://", "redis+cluster://", 1)
         monkeypatch.setenv("REDIS_CLUSTER_URL", url)
     require_broker("nats")
+    require_broker("postgresql")
 
 
 def test_sync_publish_benchmark_runs() -> None:
@@ -31,6 +32,7 @@ def test_sync_publish_benchmark_runs() -> None:
         "publish redis+cluster://",
         "publish nats://",
         "nats-py JetStream publish",
+        "publish postgres://",
         "channels_redis",
     ):
         assert case in table
@@ -46,6 +48,7 @@ def test_fanout_benchmark_runs() -> None:
         "redis+streams://",
         "redis+cluster://",
         "nats://",
+        "postgres://",
         "BroadcastChannelLayer",
         "channels_redis pubsub",
         "encode/broadcaster",

@@ -154,6 +154,7 @@ async def test_subscribe_returns_the_channel_position(backend_name: str, channel
 ARABIC_1700 = "\u0661\u0667\u0660\u0660"  # str.isdigit() and int() accept it
 BAD_IDS = {
     "memory": ["", "-1", "+1", " 1", "1.0", "1_000", ARABIC_1700, "9" * 30, str(2**64)],
+    "postgresql": ["", "-1", "+1", " 1", "1.0", "1_000", ARABIC_1700, "9" * 30, str(2**63)],
     "redis+streams": [
         *("17", "a-1", "1-", "-1", "1-2-3", "1-+2", "1- 2", "1_0-0"),
         f"{ARABIC_1700}-0",
@@ -170,13 +171,13 @@ BAD_IDS["nats"] = BAD_IDS["redis+streams"]  # the same form: two unsigned 64-bit
 def test_ids_are_parsed_strictly(backend_name: str, channel: str) -> None:
     with using(alias_settings(backend_name)) as bc:
         backend = bc.backend
-        expected = "decimal number" if backend_name == "memory" else "stream id"
+        expected = "stream id" if backend_name == "redis+streams" else "decimal number"
         for bad in BAD_IDS[backend_name]:
             with pytest.raises(ValueError, match=expected):
                 backend.id_key(bad)
             with pytest.raises(ValueError, match=expected):
                 bc.history(channel, since=bad)  # refused here, not by the broker
-        largest = str(2**64 - 1)
+        largest = str(2**63 - 1 if backend_name == "postgresql" else 2**64 - 1)
         if backend_name in ("redis+streams", "nats"):
             largest = f"{largest}-{largest}"
         assert backend.id_key(largest) > backend.id_key(backend.features.origin or "")

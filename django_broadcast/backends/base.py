@@ -180,6 +180,10 @@ class Backend(abc.ABC):
     #: Default of OPTIONS["max_message_size"], in bytes.
     default_max_message_size: ClassVar[int] = 1024 * 1024
 
+    #: With ``features.transactional``: the ``DATABASES`` alias in whose open
+    #: transaction :meth:`publish` writes the event (None: it never joins one).
+    database: str | None = None
+
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         self.location = location
         self.options = dict(options)

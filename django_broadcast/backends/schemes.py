@@ -129,3 +129,5 @@ for _name, _backend in (
 ):
     register(_name, f"django_broadcast.backends.{_backend}", _EXTRA.format("redis"))
 register("nats", "django_broadcast.backends.nats.NatsBackend", _EXTRA.format("nats"))
+for _name in ("postgres", "postgresql"):
+    register(_name, "django_broadcast.backends.postgres.PostgresBackend", _EXTRA.format("postgres"))
