@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .brokers import BROKERS
-from .conftest import PREFIX
+from .conftest import PREFIX, free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
 
@@ -36,14 +36,15 @@ FETCH = {"X-Requested-With": "fetch"}
 """
 
 
-def run_example(backend_name: str, tmp_path: Path, script: str) -> str:
-    """Run ``script`` after the preamble in the example project; return its output."""
+def run_example(backend_name: str, tmp_path: Path, script: str, url: str | None = None) -> str:
+    """Run ``script`` after the preamble in the example project (on the broker's URL,
+    or ``url``); return its output."""
     broker = BROKERS[backend_name]
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "demo.settings",
         "DEMO_DATABASE": str(tmp_path / "demo.sqlite3"),
-        "BROADCAST_URL": broker.url(),
+        "BROADCAST_URL": url or broker.url(),
     }
     if "prefix" in broker.default_options():
         env["BROADCAST_PREFIX"] = PREFIX + "demo:"
@@ -241,3 +242,20 @@ def test_seats_are_given_back_and_only_staff_free_them_all(
     backend_name: str, tmp_path: Path
 ) -> None:
     assert "seats ok" in run_example(backend_name, tmp_path, SEATS)
+
+
+UNREACHABLE = """
+client = Client()
+client.post("/chat/lobby/name/", {"name": "ada"})
+response = client.post("/chat/lobby/post/", {"text": "hello"}, headers=FETCH)
+assert response.status_code == 503, response.status_code
+text = response.content.decode()
+assert "saved" in text and "could not be sent live" in text, text
+assert Message.objects.get().text == "hello"
+print("unreachable ok")
+"""
+
+
+def test_a_message_posted_while_the_broker_is_away_is_saved_and_says_so(tmp_path: Path) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    assert "unreachable ok" in run_example("redis", tmp_path, UNREACHABLE, url=closed)

@@ -6,7 +6,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from django_broadcast import broadcast
+from django_broadcast import BroadcastUnavailable, broadcast
 
 from .models import Message
 
@@ -79,7 +79,15 @@ def post_message(request: HttpRequest, room: str) -> HttpResponse:
     if not text:
         return HttpResponseBadRequest("write something")
     message = Message.objects.create(room=room, author=name, text=text)
-    event = broadcast.publish(channel, {"author": name, "text": text})
+    try:
+        event = broadcast.publish(channel, {"author": name, "text": text})
+    except BroadcastUnavailable:
+        return HttpResponse(
+            "Your message is saved, but it could not be sent live (the broker is "
+            "unavailable): the others see it when they reload.",
+            status=503,
+            content_type="text/plain",
+        )
     if event is not None:  # None only inside a transaction, sent at its commit
         Message.objects.filter(pk=message.pk).update(event_id=event.id)
     if request.headers.get("X-Requested-With") == "fetch":

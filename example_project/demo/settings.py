@@ -68,6 +68,7 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
+TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
 # settings-broadcast-start

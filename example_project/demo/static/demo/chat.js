@@ -94,7 +94,14 @@
       form.reset();
       fetch(form.action, {method: "POST", body: body, headers: {"X-Requested-With": "fetch"}})
         .then(function (response) {
-          if (!response.ok) return response.text().then(say);
+          if (response.ok) return;
+          // The view's own short answers (400: what to fix; 503: saved, not sent
+          // live) are for the notice; anything else is a server error page.
+          if (response.status === 400 || response.status === 503) {
+            return response.text().then(say);
+          }
+          say("The message could not be sent (the server answered " + response.status +
+              "): try again in a moment.");
         })
         .catch(function () { say("The message could not be sent: try again."); });
     });

@@ -18,9 +18,10 @@
     button.dataset.state = !takenBy ? "free" : takenBy === map.dataset.holder ? "mine" : "taken";
   }
 
-  function say(text) {
+  function say(text, ok) {
     notice.textContent = text;
     notice.hidden = !text;
+    notice.classList.toggle("ok", !!ok);
   }
 
   function refresh() {
@@ -57,7 +58,7 @@
       .then(function (response) { return response.json(); })
       .then(function (answer) {
         map.dataset.holder = answer.holder;
-        say(answer.message);
+        say(answer.message, answer.ok);
         if (answer.ok) refresh(); // our own change, without waiting for its event
       })
       .catch(function () { say("The seat could not be taken: try again."); });
