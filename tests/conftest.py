@@ -13,6 +13,7 @@ a line saying which.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,16 @@ def _missing(name: str, where: str) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: brokers are required)")
     pytest.skip(message)
+
+
+def require_program(name: str, path: str | None = None) -> str:
+    """The path of program ``name`` (searched on ``path``, default PATH): a skip where
+    it is missing, a failure with CI=true."""
+    found = shutil.which(name, path=path)
+    if found is None:
+        _missing(name, path or "PATH")
+    assert found is not None
+    return found
 
 
 def require_broker(name: str, url: str | None = None) -> None:

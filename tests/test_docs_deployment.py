@@ -28,7 +28,7 @@ import httpx
 import pytest
 import websockets
 
-from .conftest import REDIS_URL, free_port, require_broker
+from .conftest import REDIS_URL, free_port, require_broker, require_program
 from .servers import APP, ROOT, STARTUP, Server
 
 PAGE = ROOT / "docs" / "deployment.rst"
@@ -151,9 +151,7 @@ def nginx(tmp_path: Path) -> Iterator[tuple[Server, int]]:
     """uvicorn as the page runs it, behind nginx with the page's configuration (the
     ports and the static directory aside): the server and nginx's port."""
     require_broker("redis", REDIS_URL)
-    program = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
-    if program is None:
-        pytest.skip("nginx is not installed")
+    program = require_program("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     uvicorn = next(line for line in server_commands() if line.startswith("uvicorn"))
     server = PageServer(uvicorn).start()
     port = free_port()
