@@ -63,8 +63,12 @@ _NO_MESSAGE = 10037  # JetStream: no message found
 _STREAM_IN_USE = 10058  # JetStream: stream name already in use
 #: Seconds before the server hands out again a message a dead process held.
 ACK_WAIT = 30.0
-#: Seconds without takers after which the server deletes a queue's consumer.
+#: Seconds without takers after which the server deletes a queue's consumer (a take
+#: after half of it makes the consumer again, in case).
 CONSUMER_IDLE = 3600.0
+#: Seconds after a pull request's end by which the server has said it ended (else the
+#: consumer is gone, and is made again).
+_SILENCE = 1.0
 
 
 def queue_root(prefix: str) -> str:
@@ -102,7 +106,8 @@ class Queues:
     def __init__(self, backend: NatsBackend) -> None:
         self.backend = backend
         self.client: Client | None = None  # the connection the stream was ensured on
-        self.consumers: set[str] = set()  # the consumers made (or found) on it
+        #: The consumers made (or found) on it, and when each was last asked.
+        self.consumers: dict[str, float] = {}
         #: Inboxes kept for the requests of cancelled takers; messages given back.
         self._leftovers: set[asyncio.Task[Any]] = set()
 
@@ -204,8 +209,9 @@ class Queues:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            if name not in self.consumers:
-                await self._consumer(client, subject, name)
+            if self.consumers.get(name, -CONSUMER_IDLE) < loop.time() - CONSUMER_IDLE / 2:
+                await self._consumer(client, subject, name)  # (may be gone: idle)
+            self.consumers[name] = loop.time()
             msg = await self._next(client, name, remaining)
             if msg is None:
                 continue  # the request ended (or found no consumer): ask again
@@ -227,7 +233,6 @@ class Queues:
         )
         js = client.jetstream()
         await backend.within(js.add_consumer(backend.queue_stream, config, timeout=backend.timeout))
-        self.consumers.add(name)
 
     async def _next(self, client: Client, name: str, remaining: float) -> Msg | None:
         """One message of consumer ``name``, or None where the request ended without."""
@@ -245,8 +250,6 @@ class Queues:
             elif status is None:
                 got.set_result(msg)
             else:
-                if status == "503":  # no responders: the consumer is gone
-                    self.consumers.discard(name)
                 if not got.done():
                     got.set_result(None)
             await _unsubscribe(sub)
@@ -256,7 +259,7 @@ class Queues:
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{backend.queue_stream}.{name}"
         try:
             await client.publish(next_subject, request, reply=sub.subject)
-            return await asyncio.wait_for(asyncio.shield(got), remaining + backend.timeout)
+            return await asyncio.wait_for(asyncio.shield(got), remaining + _SILENCE)
         except asyncio.CancelledError:
             if got.done() and not got.cancelled() and (msg := got.result()) is not None:
                 self._keep(msg.nak())  # handed over as the taker was cancelled
@@ -264,6 +267,13 @@ class Queues:
                 got.cancel()  # what comes now is nak'ed, until the request ends
                 self._keep(_unsubscribe(sub, after=remaining + backend.timeout))
             raise
+        except asyncio.TimeoutError:
+            # Not even the end of the request was heard: the consumer is gone (the
+            # server's API takes requests to a missing one and never answers them).
+            self.consumers.pop(name, None)
+            got.cancel()
+            self._keep(_unsubscribe(sub, after=backend.timeout))
+            return None
         except BaseException:
             got.cancel()
             await _unsubscribe(sub)

@@ -1,0 +1,162 @@
+"""The NATS backend's work queues, on the shared NATS server (``NATS_URL``): the
+work-queue stream, the capacity of each queue under racing puts, expiry, cancelled
+takers and a consumer or stream gone at the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js import api
+
+from django_broadcast.backends.nats import NatsBackend
+
+from .brokers import NATS_PREFIX, NATS_URL
+from .conftest import require_broker
+
+TIMEOUT = 5
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[NatsBackend]:
+    require_broker("nats")
+    backend = NatsBackend(NATS_URL, {"prefix": NATS_PREFIX}, timeout=TIMEOUT)
+    yield backend
+    await backend.aclose()
+
+
+async def _jsm(backend: NatsBackend) -> tuple[nats.NATS, object]:
+    client = await nats.connect(backend.servers)
+    return client, client.jetstream()
+
+
+def _later() -> float:
+    return time.time() + 60
+
+
+async def test_the_queues_are_a_work_queue_stream_of_their_own(
+    backend: NatsBackend, channel: str
+) -> None:
+    assert await backend.aqueue_put(channel, b"job", capacity=10, expires=_later())
+    client = await nats.connect(backend.servers)
+    try:
+        js = client.jetstream()
+        info = await js.stream_info(backend.queue_stream)
+        assert backend.queue_stream == f"{backend.stream}_queues"
+        assert info.config.retention == api.RetentionPolicy.WORK_QUEUE
+        assert info.config.subjects == [f"{NATS_PREFIX}+queues.>"]
+        subject = f"{NATS_PREFIX}+queues.{channel}"
+        held = await js.stream_info(backend.queue_stream, subjects_filter=subject)
+        assert (held.state.subjects or {}).get(subject) == 1
+        assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"job"
+        held = await js.stream_info(backend.queue_stream, subjects_filter=subject)
+        assert not (held.state.subjects or {}).get(subject)  # taken: removed
+    finally:
+        await client.close()
+
+
+async def test_racing_puts_from_two_connections_never_pass_the_capacity(
+    backend: NatsBackend, channel: str
+) -> None:
+    other = NatsBackend(NATS_URL, {"prefix": NATS_PREFIX}, timeout=TIMEOUT)
+    try:
+        puts = [
+            side.aqueue_put(channel, f"{i}-{n}".encode(), capacity=7, expires=_later())
+            for i in range(20)
+            for n, side in enumerate((backend, other))
+        ]
+        done = await asyncio.gather(*puts)
+        assert done.count(True) == 7
+        assert await backend.aqueue_put(f"{channel}.b", b"m", capacity=8, expires=_later())
+        taken = [await other.aqueue_take(channel, timeout=TIMEOUT) for _ in range(7)]
+        assert None not in taken and len(set(taken)) == 7
+        # Empty now: the marker of the other queue is taken at once, this one has none.
+        assert await backend.aqueue_take(f"{channel}.b", timeout=TIMEOUT) == b"m"
+        assert await backend.aqueue_put(channel, b"again", capacity=7, expires=_later())
+        assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"again"
+    finally:
+        await other.aclose()
+
+
+async def test_each_queue_has_a_capacity_of_its_own(backend: NatsBackend, channel: str) -> None:
+    small, large = f"{channel}.small", f"{channel}.large"
+    assert await backend.aqueue_put(small, b"1", capacity=1, expires=_later())
+    assert not await backend.aqueue_put(small, b"2", capacity=1, expires=_later())
+    for i in range(3):
+        assert await backend.aqueue_put(large, b"%d" % i, capacity=3, expires=_later())
+    assert not await backend.aqueue_put(large, b"4", capacity=3, expires=_later())
+    await backend.aqueue_clear(small)
+    await backend.aqueue_clear(large)
+    assert await backend.aqueue_put(large, b"after", capacity=1, expires=_later())
+    assert await backend.aqueue_take(large, timeout=TIMEOUT) == b"after"
+
+
+async def test_expired_messages_take_no_room_and_are_never_taken(
+    backend: NatsBackend, channel: str
+) -> None:
+    past = time.time() - 1
+    assert await backend.aqueue_put(channel, b"old1", capacity=2, expires=past)
+    assert await backend.aqueue_put(channel, b"old2", capacity=2, expires=past)
+    # Full of expired messages: the put deletes them and is let in.
+    assert await backend.aqueue_put(channel, b"new", capacity=2, expires=_later())
+    assert await backend.aqueue_put(channel, b"marker", capacity=2, expires=_later())
+    assert not await backend.aqueue_put(channel, b"over", capacity=2, expires=_later())
+    assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"new"
+    # An expired message not yet swept is skipped by the taker.
+    assert await backend.aqueue_put(channel, b"old3", capacity=5, expires=past)
+    assert await backend.aqueue_put(channel, b"last", capacity=5, expires=_later())
+    assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"marker"
+    assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"last"
+
+
+async def test_cancelled_takers_lose_nothing_under_load(backend: NatsBackend, channel: str) -> None:
+    sent = [b"%d" % i for i in range(60)]
+    taken: list[bytes] = []
+    rng = random.Random(13)
+
+    async def produce() -> None:
+        for payload in sent:
+            assert await backend.aqueue_put(channel, payload, capacity=100, expires=_later())
+            await asyncio.sleep(rng.random() / 500)
+
+    async def cancel_takers() -> None:
+        while len(taken) < len(sent) // 2:
+            task = asyncio.create_task(backend.aqueue_take(channel, timeout=TIMEOUT))
+            await asyncio.sleep(rng.random() / 200)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                if (payload := await task) is not None:
+                    taken.append(payload)
+
+    await asyncio.wait_for(asyncio.gather(produce(), cancel_takers()), 60)
+    while len(taken) < len(sent):
+        payload = await backend.aqueue_take(channel, timeout=TIMEOUT)
+        assert payload is not None, f"lost: {sorted(set(sent) - set(taken))}"
+        taken.append(payload)
+    assert sorted(taken) == sorted(sent)  # each once
+
+
+async def test_a_consumer_or_stream_gone_at_the_server_is_made_again(
+    backend: NatsBackend, channel: str
+) -> None:
+    assert await backend.aqueue_put(channel, b"1", capacity=10, expires=_later())
+    assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"1"
+    client = await nats.connect(backend.servers)
+    try:
+        js = client.jetstream()
+        for info in await js.consumers_info(backend.queue_stream):
+            await js.delete_consumer(backend.queue_stream, info.name)
+        assert await backend.aqueue_put(channel, b"2", capacity=10, expires=_later())
+        # The first request goes unanswered: the take makes the consumer again after it.
+        assert await backend.aqueue_take(channel, timeout=TIMEOUT) is None
+        assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"2"
+        await js.delete_stream(backend.queue_stream)
+        assert await backend.aqueue_put(channel, b"3", capacity=10, expires=_later())
+        assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"3"
+    finally:
+        await client.close()
