@@ -11,10 +11,12 @@ import time
 from collections.abc import AsyncIterator
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js import api
 
 from django_broadcast.backends.nats import NatsBackend
+from django_broadcast.exceptions import BroadcastUnavailable
 
 from .brokers import NATS_PREFIX, NATS_URL
 from .conftest import require_broker
@@ -160,3 +162,21 @@ async def test_a_consumer_or_stream_gone_at_the_server_is_made_again(
         assert await backend.aqueue_take(channel, timeout=TIMEOUT) == b"3"
     finally:
         await client.close()
+
+
+async def test_a_stream_of_the_name_for_other_subjects_is_an_error(channel: str) -> None:
+    require_broker("nats")
+    prefix = f"{NATS_PREFIX}-{channel}"
+    backend = NatsBackend(NATS_URL, {"prefix": prefix}, timeout=TIMEOUT)
+    client = await nats.connect(backend.servers)
+    try:
+        js = client.jetstream()
+        await js.add_stream(name=backend.queue_stream, subjects=[f"{channel}.other.>"])
+        with pytest.raises(BroadcastUnavailable, match="set OPTIONS\\['stream'\\]"):
+            await backend.aqueue_put(channel, b"1", capacity=1, expires=_later())
+    finally:
+        await js.delete_stream(backend.queue_stream)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(backend.stream)
+        await client.close()
+        await backend.aclose()

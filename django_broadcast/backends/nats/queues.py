@@ -122,14 +122,22 @@ class Queues:
             return
         backend = self.backend
         jsm = client.jetstream()
+        config = queue_stream_config(backend)
         try:
-            await backend.within(jsm.stream_info(backend.queue_stream))
+            info = await backend.within(jsm.stream_info(backend.queue_stream))
         except nats.js.errors.NotFoundError:
             try:
-                await backend.within(jsm.add_stream(queue_stream_config(backend)))
+                info = await backend.within(jsm.add_stream(config))
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code != _STREAM_IN_USE:  # (else made meanwhile by another)
                     raise backend.misconfigured(exc) from exc
+                info = await backend.within(jsm.stream_info(backend.queue_stream))
+        if info.config.subjects != config.subjects:
+            raise backend.misconfigured(
+                f"stream {backend.queue_stream!r} exists for subjects "
+                f"{info.config.subjects}, not {config.subjects}; set OPTIONS['stream'] to "
+                f"a name of its own"
+            )
         self.client = client
         self.consumers.clear()
 
