@@ -18,8 +18,8 @@ from nats.js import api
 from django_broadcast.backends.nats import NatsBackend
 from django_broadcast.exceptions import BroadcastUnavailable
 
-from .brokers import NATS_PREFIX, NATS_URL
-from .conftest import require_broker
+from .brokers import NATS_PREFIX, NATS_URL, PrivateNats
+from .conftest import require_broker, using
 
 TIMEOUT = 5
 
@@ -180,3 +180,23 @@ async def test_a_stream_of_the_name_for_other_subjects_is_an_error(channel: str)
             await js.delete_stream(backend.stream)
         await client.close()
         await backend.aclose()
+
+
+def test_queues_from_sync_code_go_through_the_loop_thread() -> None:
+    """``async_to_sync`` runs each call on a loop of its own: the queue operations of
+    such a loop use the backend's loop thread, not a connection per call left open."""
+    from asgiref.sync import async_to_sync
+
+    require_broker("nats")
+    server = PrivateNats()
+    try:
+        server.start()
+        with using({"URL": server.url}) as bc:
+            for i in range(8):
+                async_to_sync(bc.aqueue_put)("jobs", i, capacity=10, ttl=60)
+            assert [async_to_sync(bc.aqueue_take)("jobs") for _ in range(8)] == list(range(8))
+            names = [c.get("name", "") for c in server.monitoring("connz")["connections"]]
+            assert len(names) == 1, names
+            bc.close()
+    finally:
+        server.stop()

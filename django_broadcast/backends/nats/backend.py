@@ -16,6 +16,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 
+from ..._loops import is_throwaway
 from ..._timeouts import within
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Receiver
@@ -182,15 +183,25 @@ class NatsBackend(Backend):
     ) -> bool:
         """Publish to the queue's subject unless it holds ``capacity`` unexpired
         messages (a compare-and-set on the server: see :mod:`.queues`)."""
-        return await self._link().queue(lambda q, c: q.put(c, queue, payload, capacity, expires))
+        return await self._queue(lambda q, c: q.put(c, queue, payload, capacity, expires))
 
     async def aqueue_take(self, queue: str, *, timeout: float) -> bytes | None:
         """Take one message from the queue's durable consumer."""
-        return await self._link().queue(lambda q, c: q.take(c, queue, timeout))
+        return await self._queue(lambda q, c: q.take(c, queue, timeout))
 
     async def aqueue_clear(self, queue: str) -> None:
         """Purge the queue's subject."""
-        await self._link().queue(lambda q, c: q.clear(c, queue))
+        await self._queue(lambda q, c: q.clear(c, queue))
+
+    async def _queue(self, call: Callable[[Queues, Client], Awaitable[T]]) -> T:
+        """Run a queue operation on the running loop's connection; from a loop that
+        ``async_to_sync`` made for one call, on the loop thread, as sync publishing
+        does (a cancellation reaches the operation there)."""
+        if not is_throwaway(asyncio.get_running_loop()):
+            return await self._link().queue(call)
+        thread = self._loop_thread()
+        done = asyncio.run_coroutine_threadsafe(thread.link.queue(call), thread.loop)
+        return await asyncio.wrap_future(done)
 
     # Receiving and lifetime -----------------------------------------------------------
 
@@ -209,14 +220,18 @@ class NatsBackend(Backend):
         self, call: Callable[[_Link], Coroutine[Any, Any, T]], *, publishing: bool = False
     ) -> T:
         """Run ``call``'s coroutine on the loop thread (started on first use)."""
-        with self._thread_lock:
-            if self._thread is None:
-                self._thread = _LoopThread(_Link(self, "sync"))
-            thread = self._thread
+        thread = self._loop_thread()
         try:
             return thread.run(call(thread.link), 3 * self.timeout + 1)
         except concurrent.futures.TimeoutError as exc:  # bounded below: a safety net
             raise self.unavailable(exc, maybe_sent=True if publishing else None) from exc
+
+    def _loop_thread(self) -> _LoopThread:
+        """The loop thread of sync calls, started on first use."""
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = _LoopThread(_Link(self, "sync"))
+            return self._thread
 
     def close(self) -> None:
         """Stop the loop thread and its connection."""
