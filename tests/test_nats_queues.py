@@ -16,6 +16,7 @@ import pytest
 from nats.js import api
 
 from django_broadcast.backends.nats import NatsBackend
+from django_broadcast.backends.nats import queues as nats_queues
 from django_broadcast.exceptions import BroadcastUnavailable
 
 from .brokers import NATS_PREFIX, NATS_URL, PrivateNats
@@ -200,3 +201,41 @@ def test_queues_from_sync_code_go_through_the_loop_thread() -> None:
             bc.close()
     finally:
         server.stop()
+
+
+async def test_a_taker_refused_by_the_consumer_does_not_spin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pull request the consumer refuses at once (409: too many waiting requests)
+    is asked again after a pause, not at once in a loop."""
+    require_broker("nats")
+    monkeypatch.setattr(nats_queues, "MAX_WAITING", 1)
+    server = PrivateNats()
+    try:
+        server.start()
+        backend = NatsBackend(server.url, {}, timeout=TIMEOUT)
+        try:
+            assert await backend.aqueue_put("jobs", b"warm", capacity=5, expires=_later())
+            assert await backend.aqueue_take("jobs", timeout=TIMEOUT) == b"warm"
+            holder = asyncio.create_task(backend.aqueue_take("jobs", timeout=3 * TIMEOUT))
+            while not (await _consumer_info(backend)).num_waiting:
+                await asyncio.sleep(0.01)  # (bounded by the test's timeout)
+            before = server.monitoring("varz")["in_msgs"]
+            assert await backend.aqueue_take("jobs", timeout=1) is None
+            assert server.monitoring("varz")["in_msgs"] - before < 50
+            assert await backend.aqueue_put("jobs", b"end", capacity=5, expires=_later())
+            assert await asyncio.wait_for(holder, TIMEOUT) == b"end"
+        finally:
+            await backend.aclose()
+    finally:
+        server.stop()
+
+
+async def _consumer_info(backend: NatsBackend) -> api.ConsumerInfo:
+    client = await nats.connect(backend.servers)
+    try:
+        js = client.jetstream()
+        [info] = await js.consumers_info(backend.queue_stream)
+        return info
+    finally:
+        await client.close()

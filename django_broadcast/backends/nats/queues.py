@@ -63,12 +63,17 @@ _NO_MESSAGE = 10037  # JetStream: no message found
 _STREAM_IN_USE = 10058  # JetStream: stream name already in use
 #: Seconds before the server hands out again a message a dead process held.
 ACK_WAIT = 30.0
+#: Pull requests a queue's consumer keeps waiting at once (JetStream's default); one
+#: more is refused.
+MAX_WAITING = 512
 #: Seconds without takers after which the server deletes a queue's consumer (a take
 #: after half of it makes the consumer again, in case).
 CONSUMER_IDLE = 3600.0
 #: Seconds after a pull request's end by which the server has said it ended (else the
 #: consumer is gone, and is made again).
 _SILENCE = 1.0
+#: Seconds before a pull request the consumer refused is made again.
+_PAUSE = 0.1
 
 
 def queue_root(prefix: str) -> str:
@@ -238,6 +243,7 @@ class Queues:
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT,
             inactive_threshold=CONSUMER_IDLE,
+            max_waiting=MAX_WAITING,
         )
         js = client.jetstream()
         await backend.within(js.add_consumer(backend.queue_stream, config, timeout=backend.timeout))
@@ -248,6 +254,7 @@ class Queues:
         loop = asyncio.get_running_loop()
         got: asyncio.Future[Msg | None] = loop.create_future()
         sub: Any = None
+        ended: list[str] = []  # the status the request ended with
 
         async def handle(msg: Msg) -> None:
             status = msg.headers.get("Status") if msg.headers else None
@@ -258,6 +265,7 @@ class Queues:
             elif status is None:
                 got.set_result(msg)
             else:
+                ended.append(status)
                 if not got.done():
                     got.set_result(None)
             await _unsubscribe(sub)
@@ -267,7 +275,7 @@ class Queues:
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{backend.queue_stream}.{name}"
         try:
             await client.publish(next_subject, request, reply=sub.subject)
-            return await asyncio.wait_for(asyncio.shield(got), remaining + _SILENCE)
+            msg = await asyncio.wait_for(asyncio.shield(got), remaining + _SILENCE)
         except asyncio.CancelledError:
             if got.done() and not got.cancelled() and (msg := got.result()) is not None:
                 self._keep(msg.nak())  # handed over as the taker was cancelled
@@ -286,6 +294,11 @@ class Queues:
             got.cancel()
             await _unsubscribe(sub)
             raise
+        if msg is None and ended[:1] != ["408"]:
+            # Refused rather than expired (409: too many requests waiting, or the
+            # consumer deleted meanwhile): ask again after a pause, not at once.
+            await asyncio.sleep(min(_PAUSE, remaining))
+        return msg
 
     async def _ack(self, client: Client, subject: str, msg: Msg) -> None:
         """Acknowledge ``msg`` (and await the server's answer); a taker cancelled
