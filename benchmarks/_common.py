@@ -68,8 +68,10 @@ def nats_prefix(prefix: str) -> str:
 
 
 def delete_nats_stream(prefix: str) -> None:
-    """Delete the JetStream stream a run made on ``NATS_URL`` (if it made one)."""
+    """Delete the JetStream streams a run made on ``NATS_URL`` (its events' and its
+    queues', where it made them)."""
     import asyncio
+    import contextlib
 
     import nats
     import nats.js.errors
@@ -77,9 +79,9 @@ def delete_nats_stream(prefix: str) -> None:
     async def delete() -> None:
         client = await nats.connect(NATS_URL)
         try:
-            await client.jetstream().delete_stream(nats_prefix(prefix))
-        except nats.js.errors.NotFoundError:
-            pass
+            for stream in (nats_prefix(prefix), f"{nats_prefix(prefix)}_queues"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await client.jetstream().delete_stream(stream)
         finally:
             await client.close()
 

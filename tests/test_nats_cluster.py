@@ -17,7 +17,7 @@ import nats
 import pytest
 from django.test import override_settings
 
-from django_broadcast import Broadcast, BroadcastUnavailable, Event, broadcasts
+from django_broadcast import Broadcast, BroadcastUnavailable, Event, QueueFull, broadcasts
 
 from .brokers import NATS_PREFIX, PrivateNats, free_port
 from .conftest import IN_CI
@@ -195,3 +195,36 @@ async def test_a_subscriber_whose_node_is_killed_carries_on_and_loses_nothing(
     assert len(ids) == len(set(ids))
     assert [e.id for e in acknowledged if e.id not in ids] == []  # nothing acknowledged lost
     assert ids == sorted(ids, key=subscriber.backend.id_key)
+
+
+async def test_a_queue_is_one_across_nodes(cluster: list[PrivateNats], channel: str) -> None:
+    """The queue stream is replicated as the events' is; puts through one node and
+    takes through another share each queue and its capacity."""
+    one, two, _ = cluster
+    with override_settings(BROADCAST=aliases(one=one.url, two=two.url)):
+        putter, taker = broadcasts["one"], broadcasts["two"]
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # until the cluster has elected the queue stream's leader
+                try:
+                    await putter.aqueue_put(channel, "first", capacity=2, ttl=60)
+                    break
+                except BroadcastUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            await taker.aqueue_put(channel, "second", capacity=2, ttl=60)
+            with pytest.raises(QueueFull):
+                await putter.aqueue_put(channel, "third", capacity=2, ttl=60)
+            assert await asyncio.wait_for(taker.aqueue_take(channel), TIMEOUT) == "first"
+            assert await asyncio.wait_for(putter.aqueue_take(channel), TIMEOUT) == "second"
+            backend: Any = taker.backend
+            client = await nats.connect(backend.servers)
+            try:
+                info = await client.jetstream().stream_info(backend.queue_stream)
+                assert info.config.num_replicas == 3
+            finally:
+                await client.close()
+        finally:
+            await putter.aclose()
+            await taker.aclose()

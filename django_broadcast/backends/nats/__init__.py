@@ -27,6 +27,9 @@ to the alias's OPTIONS: ``history`` (messages kept per channel, default 1000),
 three-node cluster), ``storage`` (``"file"``, default, or ``"memory"``) and
 ``stream`` (its name; default the prefix with ``.`` as ``_``). Logger:
 ``django_broadcast.backends.nats``.
+
+Work queues (the Channels layer's plain channels) are a second stream per alias,
+``<stream>_queues``, with retention ``workqueue``: see :mod:`.queues`.
 """
 
 from .backend import NatsBackend

@@ -16,12 +16,14 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 
+from ..._loops import is_throwaway
 from ..._timeouts import within
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Receiver
 from . import _client, _names
 from ._client import MAX_PAYLOAD, NATS_ERRORS, StreamState
 from ._names import ORIGIN
+from .queues import Queues
 from .receiver import NatsReceiver
 
 __all__ = ["NatsBackend"]
@@ -36,7 +38,12 @@ class NatsBackend(Backend):
     (``nats://``)."""
 
     features = Features(
-        history=True, origin=ORIGIN, patterns=True, id_order="channel", max_payload=MAX_PAYLOAD
+        history=True,
+        origin=ORIGIN,
+        patterns=True,
+        id_order="channel",
+        max_payload=MAX_PAYLOAD,
+        queues=True,
     )
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
@@ -61,6 +68,8 @@ class NatsBackend(Backend):
         self.servers = _names.servers(location)
         self.prefix: str = self.options.get("prefix", "broadcast")
         self.stream: str = self.options.get("stream", self.prefix.replace(".", "_"))
+        #: The work-queue stream of the alias's queues (the layer's plain channels).
+        self.queue_stream = f"{self.stream}_queues"
         self.history_size: int = self.options.get("history", 1000)
         self.max_age: float = self.options.get("max_age", 0)
         self.replicas: int = self.options.get("replicas", 1)
@@ -167,6 +176,33 @@ class NatsBackend(Backend):
             _names.parse_id(since)
         return await self._link().history(channel, limit, since)
 
+    # Queues -------------------------------------------------------------------------------
+
+    async def aqueue_put(
+        self, queue: str, payload: bytes, *, capacity: int, expires: float
+    ) -> bool:
+        """Publish to the queue's subject unless it holds ``capacity`` unexpired
+        messages (a compare-and-set on the server: see :mod:`.queues`)."""
+        return await self._queue(lambda q, c: q.put(c, queue, payload, capacity, expires))
+
+    async def aqueue_take(self, queue: str, *, timeout: float) -> bytes | None:
+        """Take one message from the queue's durable consumer."""
+        return await self._queue(lambda q, c: q.take(c, queue, timeout))
+
+    async def aqueue_clear(self, queue: str) -> None:
+        """Purge the queue's subject."""
+        await self._queue(lambda q, c: q.clear(c, queue))
+
+    async def _queue(self, call: Callable[[Queues, Client], Awaitable[T]]) -> T:
+        """Run a queue operation on the running loop's connection; from a loop that
+        ``async_to_sync`` made for one call, on the loop thread, as sync publishing
+        does (a cancellation reaches the operation there)."""
+        if not is_throwaway(asyncio.get_running_loop()):
+            return await self._link().queue(call)
+        thread = self._loop_thread()
+        done = asyncio.run_coroutine_threadsafe(thread.link.queue(call), thread.loop)
+        return await asyncio.wrap_future(done)
+
     # Receiving and lifetime -----------------------------------------------------------
 
     def receiver(self) -> Receiver:
@@ -184,14 +220,18 @@ class NatsBackend(Backend):
         self, call: Callable[[_Link], Coroutine[Any, Any, T]], *, publishing: bool = False
     ) -> T:
         """Run ``call``'s coroutine on the loop thread (started on first use)."""
-        with self._thread_lock:
-            if self._thread is None:
-                self._thread = _LoopThread(_Link(self, "sync"))
-            thread = self._thread
+        thread = self._loop_thread()
         try:
             return thread.run(call(thread.link), 3 * self.timeout + 1)
         except concurrent.futures.TimeoutError as exc:  # bounded below: a safety net
             raise self.unavailable(exc, maybe_sent=True if publishing else None) from exc
+
+    def _loop_thread(self) -> _LoopThread:
+        """The loop thread of sync calls, started on first use."""
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = _LoopThread(_Link(self, "sync"))
+            return self._thread
 
     def close(self) -> None:
         """Stop the loop thread and its connection."""
@@ -218,6 +258,7 @@ class _Link:
         self.client: Client | None = None
         self.epoch = 0
         self.lock = asyncio.Lock()
+        self.queues = Queues(backend)
 
     async def get(self, *, maybe_sent: bool | None = None) -> tuple[Client, int]:
         async with self.lock:
@@ -255,6 +296,26 @@ class _Link:
                 await self.close()
                 raise backend.unavailable(exc, maybe_sent=True) from exc
             return _names.make_id(epoch, ack.seq)
+        raise AssertionError("unreachable")
+
+    async def queue(self, call: Callable[[Queues, Client], Awaitable[T]]) -> T:
+        """Run a queue operation on the connection, making the queue stream where it
+        is missing (and again where it is found gone)."""
+        backend = self.backend
+        client, _ = await self.get()
+        for attempt in (1, 2):
+            try:
+                await self.queues.ensure(client)
+                return await call(self.queues, client)
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError) as exc:
+                if attempt == 2:  # (a stream gone, or a consumer deleted with it)
+                    raise backend.unavailable(exc) from exc
+                self.queues.forget()
+            except nats.js.errors.APIError as exc:  # answered: refused
+                raise backend.unavailable(exc) from exc
+            except NATS_ERRORS as exc:
+                await self.close()
+                raise backend.unavailable(exc) from exc
         raise AssertionError("unreachable")
 
     async def _restream(self, client: Client) -> int:
