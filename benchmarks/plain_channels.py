@@ -5,7 +5,8 @@ side with channels_redis's core layer in one run.
 
 Each case sends ``N`` messages to a plain channel while one receiver takes them (both
 on one event loop, as a worker and its producer in one process would be), through
-``BroadcastChannelLayer`` on ``redis://``, ``redis+streams://`` and ``memory://``, and
+``BroadcastChannelLayer`` on ``redis://``, ``redis+streams://``, ``postgres://`` (at
+``POSTGRES_URL``) and ``memory://``, and
 through channels_redis's ``RedisChannelLayer``. Prints the median of several rounds
 (the cases take turns in every round) and the spread.
 """
@@ -19,7 +20,17 @@ import time
 import uuid
 from typing import Any
 
-from ._common import REDIS_URL, Table, delete_keys, machine, setup_django, streams_url, verdict
+from ._common import (
+    POSTGRES_URL,
+    REDIS_URL,
+    Table,
+    delete_keys,
+    delete_rows,
+    machine,
+    setup_django,
+    streams_url,
+    verdict,
+)
 
 MESSAGE = {"type": "thumbnail.make", "id": 42, "path": "/media/cat.jpg"}
 
@@ -50,12 +61,14 @@ def run(messages: int, rounds: int) -> Table:
         "default": {"URL": "memory://"},
         "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
         "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix}},
+        "postgres": {"URL": POSTGRES_URL, "OPTIONS": {"prefix": prefix}},
     }
     try:
         with override_settings(BROADCAST=aliases):
             return asyncio.run(_run(messages, rounds, prefix))
     finally:
         delete_keys(prefix)
+        delete_rows(prefix)
 
 
 async def _run(messages: int, rounds: int, prefix: str) -> Table:
@@ -69,6 +82,7 @@ async def _run(messages: int, rounds: int, prefix: str) -> Table:
         "BroadcastChannelLayer redis+streams://": BroadcastChannelLayer(
             "streams", capacity=capacity
         ),
+        "BroadcastChannelLayer postgres://": BroadcastChannelLayer("postgres", capacity=capacity),
         "BroadcastChannelLayer memory://": BroadcastChannelLayer("default", capacity=capacity),
     }
     try:

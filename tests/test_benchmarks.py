@@ -79,6 +79,11 @@ def test_plain_channels_benchmark_runs() -> None:
     from benchmarks import plain_channels
 
     table = plain_channels.run(messages=5, rounds=1).render()
-    for case in ("BroadcastChannelLayer redis://", "redis+streams://", "channels_redis core"):
+    for case in (
+        "BroadcastChannelLayer redis://",
+        "redis+streams://",
+        "postgres://",
+        "channels_redis core",
+    ):
         assert case in table
     assert "target: redis:// >= 1x channels_redis core" in table
