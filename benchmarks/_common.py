@@ -97,6 +97,7 @@ def delete_rows(prefix: str) -> None:
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         for table in (schema.TABLE, schema.TRIMMED):
             conn.execute(f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [prefix])
+        conn.execute(f"DELETE FROM {schema.QUEUED} WHERE starts_with(queue, %s)".encode(), [prefix])
 
 
 def rss(pid: int) -> int:

@@ -7,6 +7,8 @@ Each case sends ``N`` messages to a plain channel while one receiver takes them 
 on one event loop, as a worker and its producer in one process would be), through
 ``BroadcastChannelLayer`` on ``redis://``, ``redis+streams://``, ``nats://`` and
 ``memory://``, and
+``BroadcastChannelLayer`` on ``redis://``, ``redis+streams://``, ``postgres://`` (at
+``POSTGRES_URL``) and ``memory://``, and
 through channels_redis's ``RedisChannelLayer``. Prints the median of several rounds
 (the cases take turns in every round) and the spread.
 """
@@ -22,10 +24,12 @@ from typing import Any
 
 from ._common import (
     NATS_URL,
+    POSTGRES_URL,
     REDIS_URL,
     Table,
     delete_keys,
     delete_nats_stream,
+    delete_rows,
     machine,
     nats_prefix,
     setup_django,
@@ -63,6 +67,7 @@ def run(messages: int, rounds: int) -> Table:
         "pubsub": {"URL": REDIS_URL, "OPTIONS": {"prefix": prefix}},
         "streams": {"URL": streams_url(), "OPTIONS": {"prefix": prefix}},
         "nats": {"URL": NATS_URL, "OPTIONS": {"prefix": nats_prefix(prefix)}},
+        "postgres": {"URL": POSTGRES_URL, "OPTIONS": {"prefix": prefix}},
     }
     try:
         with override_settings(BROADCAST=aliases):
@@ -70,6 +75,7 @@ def run(messages: int, rounds: int) -> Table:
     finally:
         delete_keys(prefix)
         delete_nats_stream(prefix)
+        delete_rows(prefix)
 
 
 async def _run(messages: int, rounds: int, prefix: str) -> Table:
@@ -84,6 +90,7 @@ async def _run(messages: int, rounds: int, prefix: str) -> Table:
             "streams", capacity=capacity
         ),
         "BroadcastChannelLayer nats://": BroadcastChannelLayer("nats", capacity=capacity),
+        "BroadcastChannelLayer postgres://": BroadcastChannelLayer("postgres", capacity=capacity),
         "BroadcastChannelLayer memory://": BroadcastChannelLayer("default", capacity=capacity),
     }
     try:

@@ -995,6 +995,9 @@ class PostgresBroker(Broker):
                 conn.execute(
                     f"DELETE FROM {table} WHERE starts_with(channel, %s)".encode(), [PREFIX]
                 )
+            conn.execute(
+                f"DELETE FROM {schema.QUEUED} WHERE starts_with(queue, %s)".encode(), [PREFIX]
+            )
 
     async def subscriptions(self, bc: Broadcast, channel: str) -> int:
         # LISTEN is per session and pg_listening_channels() reads only one's own: count

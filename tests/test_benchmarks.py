@@ -79,7 +79,13 @@ def test_plain_channels_benchmark_runs() -> None:
     from benchmarks import plain_channels
 
     table = plain_channels.run(messages=5, rounds=1).render()
-    cases = ("BroadcastChannelLayer redis://", "redis+streams://", "nats://", "channels_redis core")
+    cases = (
+        "BroadcastChannelLayer redis://",
+        "redis+streams://",
+        "nats://",
+        "postgres://",
+        "channels_redis core",
+    )
     for case in cases:
         assert case in table
     assert "target: redis:// >= 1x channels_redis core" in table

@@ -27,7 +27,7 @@ django.setup()
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.test import Client
-from django.test.utils import override_settings, setup_test_environment
+from django.test.utils import setup_test_environment
 from django_broadcast import broadcast
 from demo.models import Message, Seat
 setup_test_environment()
@@ -57,11 +57,7 @@ def run_example(backend_name: str, tmp_path: Path, script: str, url: str | None 
 
 
 PAGES = """
-# W002 (no queues for the layer's plain channels, which the example does not use)
-# is the one warning a backend may cause.
-silenced = [] if broadcast.features.queues else ["django_broadcast.W002"]
-with override_settings(SILENCED_SYSTEM_CHECKS=silenced):
-    call_command("check", fail_level="WARNING")
+call_command("check", fail_level="WARNING")
 client = Client()
 for url, page in [("/", "index"), ("/chat/", "chat"), ("/chat/lobby/", "chat"),
                   ("/seats/", "seats")]:

@@ -24,6 +24,11 @@ What it guarantees:
   publish inside ``transaction.atomic()`` on that database is written in that
   transaction: the NOTIFY is delivered at the commit and never on rollback.
 
+- Work queues (the channel layer's plain channels) are rows of
+  ``django_broadcast_queued``: a put inserts below the capacity under the queue's
+  advisory lock, a take deletes the oldest unexpired row ``FOR UPDATE SKIP LOCKED``
+  and waits for the queue's NOTIFY when there is none (see ``queues``).
+
 The tables are created where missing by the backend's own connections, and by the
 app's migration on PostgreSQL databases.
 """

@@ -20,6 +20,7 @@ from ...exceptions import BroadcastError, BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Message, Receiver
 from . import schema
 from ._severing import Watchdog, overran, peer_closed
+from .queues import LOCK, POLL, PUT, Handover, Waker, give_back, take
 
 __all__ = ["PostgresBackend"]
 
@@ -116,6 +117,7 @@ class PostgresBackend(Backend):
         id_order="channel",
         max_payload=MAX_PAYLOAD,
         max_name_length=MAX_NAME,
+        queues=True,
     )
     option_types: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "max_message_size": int,
@@ -144,6 +146,10 @@ class PostgresBackend(Backend):
         self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]]
         self._apools = weakref.WeakKeyDictionary()
         self._watchdog = Watchdog()
+        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Waker]
+        self._wakers = weakref.WeakKeyDictionary()
+        #: The tasks putting back messages taken for cancelled takers.
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
@@ -171,6 +177,15 @@ class PostgresBackend(Backend):
             return name
         digest = hashlib.blake2b(name.encode(), digest_size=_HASHED // 2).hexdigest()
         return name[: MAX_NAME - _HASHED - 1] + "#" + digest
+
+    def queue_key(self, queue: str) -> str:
+        """The queue as stored in the table: with the alias's prefix."""
+        return self.prefix + queue
+
+    def queue_notify_name(self, queue: str) -> str:
+        """The NOTIFY channel of ``queue``: as :meth:`notify_name` of ``"!" + queue``
+        (``!`` is never in a channel name, so no channel has it)."""
+        return self.notify_name("!" + queue)
 
     # Errors ----------------------------------------------------------------------
 
@@ -428,6 +443,108 @@ class PostgresBackend(Backend):
             raise self.unavailable(exc) from exc
         return self._page(channel, since, rows, None if gap is None else gap[0])
 
+    # Queues ------------------------------------------------------------------------
+
+    async def aexecute(self, query: str, params: Any) -> Any:
+        """Run one statement on the running loop's pool within TIMEOUT; return its
+        first row (``None`` if it has none)."""
+        pool = await self.async_pool()
+        try:
+            conn = await self._agetconn(pool)
+        except PoolTimeout as exc:
+            raise self.unavailable(exc, maybe_sent=False) from exc
+        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
+        try:
+            cursor = await conn.execute(query.encode(), params)
+            return None if cursor.description is None else await cursor.fetchone()
+        except psycopg.OperationalError as exc:
+            raise self.unavailable(exc, maybe_sent=True) from exc
+        finally:
+            timer.cancel()
+            await pool.putconn(conn)
+
+    async def aqueue_put(
+        self, queue: str, payload: bytes, *, capacity: int, expires: float
+    ) -> bool:
+        """Insert the message below ``capacity``, under the queue's advisory lock, and
+        NOTIFY its takers."""
+        key = self.queue_key(queue)
+        params = {
+            "queue": key,
+            "now": time.time(),
+            "capacity": capacity,
+            "payload": payload,
+            "expires": expires,
+            "name": self.queue_notify_name(queue),
+        }
+        pool = await self.async_pool()
+        try:
+            conn = await self._agetconn(pool)
+        except PoolTimeout as exc:
+            raise self.unavailable(exc, maybe_sent=False) from exc
+        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
+        try:
+            async with conn.transaction():
+                await conn.execute(LOCK.encode(), [lock_key("!" + key)])
+                row = await (await conn.execute(PUT.encode(), params)).fetchone()
+            return row is not None
+        except psycopg.OperationalError as exc:
+            raise self.unavailable(exc, maybe_sent=True) from exc
+        finally:
+            timer.cancel()
+            await pool.putconn(conn)
+
+    async def aqueue_take(self, queue: str, *, timeout: float) -> bytes | None:
+        """Delete and return the oldest unexpired message, waiting for a NOTIFY of the
+        queue (or :data:`~.queues.POLL` seconds) while there is none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        name = self.queue_notify_name(queue)
+        params = {"queue": self.queue_key(queue)}
+        waker = self._wakers.get(loop)
+        if waker is None:
+            waker = self._wakers[loop] = Waker(self)
+        put = asyncio.Event()
+        waker.add(name, put)
+        try:
+            while True:
+                await waker.listen(name)
+                put.clear()
+                row = await self._take_once(name, {**params, "now": time.time()})
+                if row is not None:
+                    return bytes(row[2])
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(put.wait(), min(remaining, POLL))
+        finally:
+            waker.discard(name, put)
+
+    async def _take_once(self, name: str, params: dict[str, Any]) -> Any:
+        """Run :func:`~.queues.take` in a task of its own (a cancelled caller lets it
+        finish: it keeps or puts back what it took); return its row or ``None``."""
+        pool = await self.async_pool()
+        try:
+            conn = await self._agetconn(pool)  # a cancellation here takes nothing
+        except PoolTimeout as exc:
+            raise self.unavailable(exc) from exc
+        handover = Handover()
+        job = asyncio.get_running_loop().create_task(take(self, pool, conn, params, name, handover))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            handover.wanted = False
+            # A row handed over just before the cancellation reached this caller.
+            job.add_done_callback(lambda done: give_back(self, name, done))
+            raise
+
+    async def aqueue_clear(self, queue: str) -> None:
+        """Delete the queue's rows."""
+        await self.aexecute(
+            f"DELETE FROM {schema.QUEUED} WHERE queue = %s::text", [self.queue_key(queue)]
+        )
+
     # Receiving and lifetime --------------------------------------------------------
 
     def receiver(self) -> Receiver:
@@ -443,8 +560,14 @@ class PostgresBackend(Backend):
             pool.close(timeout=self.timeout)
 
     async def aclose(self) -> None:
-        """Close the running loop's pool, then the sync one."""
-        pool = self._apools.pop(asyncio.get_running_loop(), None)
+        """Close the running loop's queue waker and pool, then the sync pool."""
+        loop = asyncio.get_running_loop()
+        waker = self._wakers.pop(loop, None)
+        if waker is not None:
+            await waker.close()
+        if self._giving_back:
+            await asyncio.wait(self._giving_back, timeout=self.timeout)
+        pool = self._apools.pop(loop, None)
         if pool is not None:
             await pool.close(timeout=self.timeout)
         self.close()
@@ -452,7 +575,9 @@ class PostgresBackend(Backend):
 
 def _create_tables(conn: psycopg.Connection[Any]) -> None:
     conn.execute(schema.CREATE.encode())
+    conn.execute(schema.CREATE_QUEUED.encode())
 
 
 async def _acreate_tables(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(schema.CREATE.encode())
+    await conn.execute(schema.CREATE_QUEUED.encode())
