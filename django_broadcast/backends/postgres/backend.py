@@ -516,8 +516,13 @@ class PostgresBackend(Backend):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(put.wait(), min(remaining, POLL))
+                # Not wait_for(), which (on Python 3.11) can swallow a cancellation
+                # that comes as the event is set.
+                waiting = loop.create_task(put.wait())
+                try:
+                    await asyncio.wait([waiting], timeout=min(remaining, POLL))
+                finally:
+                    waiting.cancel()
         finally:
             waker.discard(name, put)
 
