@@ -15,11 +15,12 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool.pool_async import StopWorker
 
 from ...exceptions import BroadcastError, BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Message, Receiver
 from . import schema
-from ._severing import Watchdog, overran, peer_closed
+from ._severing import Watchdog, logger, overran, peer_closed
 from .queues import LOCK, POLL, PUT, Handover, Waker, give_back, take
 
 __all__ = ["PostgresBackend"]
@@ -348,7 +349,7 @@ class PostgresBackend(Backend):
         loop = asyncio.get_running_loop()
         pool = self._apools.get(loop)
         if pool is None:
-            pool = AsyncConnectionPool(
+            pool = _AsyncPool(
                 self.url,
                 min_size=0,
                 max_size=self.pool_size,
@@ -586,3 +587,26 @@ def _create_tables(conn: psycopg.Connection[Any]) -> None:
 async def _acreate_tables(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(schema.CREATE.encode())
     await conn.execute(schema.CREATE_QUEUED.encode())
+
+
+class _AsyncPool(AsyncConnectionPool[Any]):
+    """psycopg_pool's async pool, whose maintenance workers end when cancelled.
+
+    psycopg_pool's workers, and its tasks, swallow a ``CancelledError`` that reaches
+    them in the middle of a task, and wait for the next one: an event loop that ends with the pool
+    still open (``asyncio.run()`` cancels every task before closing, as
+    ``async_to_sync`` and pytest-asyncio do) then waits for them forever.
+    """
+
+    @classmethod
+    async def worker(cls, q: Any) -> None:
+        """Run the pool's maintenance tasks until told to stop, or cancelled."""
+        me = asyncio.current_task()
+        while not isinstance(task := await q.get(), StopWorker):
+            try:
+                await task.run()
+            except Exception as exc:  # as psycopg_pool does, without CancelledError
+                logger.warning("a connection pool task %s failed: %r", task, exc)
+            # A task swallows a cancellation too: end once it is done (Python 3.11+).
+            if me is not None and getattr(me, "cancelling", lambda: 0)():
+                raise asyncio.CancelledError
