@@ -244,4 +244,3 @@ async def test_a_large_event_deleted_before_it_was_read_is_a_gap(channel: str) -
             await receiver.close()
         assert [(m.gap, m.id) for m in messages] == [("trimmed", ""), (None, small)]
         await bc.aclose()
-
