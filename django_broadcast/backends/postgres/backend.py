@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 import weakref
@@ -20,8 +21,10 @@ from psycopg_pool.pool_async import StopWorker
 from ...exceptions import BroadcastError, BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Message, Receiver
 from . import schema
-from ._severing import Watchdog, logger, overran, peer_closed
+from ._severing import Watchdog, overran, peer_closed
 from .queues import LOCK, POLL, PUT, Handover, Waker, give_back, take
+
+logger = logging.getLogger("django_broadcast.backends.postgres")
 
 __all__ = ["PostgresBackend"]
 
