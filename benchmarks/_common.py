@@ -183,5 +183,40 @@ def machine() -> str:
     )
 
 
-def verdict(met: bool) -> str:
+@dataclass(frozen=True)
+class Spread:
+    """Repeated measurements of one figure: the median, printed with the least and
+    the greatest beside it, so a reader sees how far one run may stray."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            raise ValueError("a spread needs at least one measurement")
+        return cls(tuple(values))
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def format(self, spec: str = ",.0f") -> str:
+        """``median (min-max)``, each formatted with ``spec``."""
+        if len(self.values) == 1:
+            return format(self.median, spec)
+        return f"{self.median:{spec}} ({self.low:{spec}}-{self.high:{spec}})"
+
+
+def verdict(met: bool | None) -> str:
+    """How a target fared: None when its anchor could not be measured, never "met"."""
+    if met is None:
+        return "not measured"
     return "met" if met else "NOT MET"

@@ -89,3 +89,18 @@ def test_plain_channels_benchmark_runs() -> None:
     for case in cases:
         assert case in table
     assert "target: redis:// >= 1x channels_redis core" in table
+
+
+def test_a_spread_prints_its_median_with_the_least_and_the_greatest() -> None:
+    from benchmarks._common import Spread
+
+    assert Spread.of([3.0, 1.0, 2.0]).format() == "2 (1-3)"
+    assert Spread.of([1500.0]).format() == "1,500"
+    with pytest.raises(ValueError, match="at least one"):
+        Spread.of([])
+
+
+def test_a_target_whose_anchor_was_not_measured_is_never_met() -> None:
+    from benchmarks._common import verdict
+
+    assert [verdict(True), verdict(False), verdict(None)] == ["met", "NOT MET", "not measured"]
