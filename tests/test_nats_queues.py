@@ -239,3 +239,30 @@ async def _consumer_info(backend: NatsBackend) -> api.ConsumerInfo:
         return info
     finally:
         await client.close()
+
+
+def test_a_taker_cancelled_on_a_loop_that_then_closed_holds_back_no_message(
+    channel: str,
+) -> None:
+    """A loop that ends (a test's, a thread's) closes its connection with it: its
+    cancelled taker's pull request, still out at the server, must not take the next
+    message to a connection nobody reads (the message would wait ``ack_wait``)."""
+    require_broker("nats")
+    backend = NatsBackend(NATS_URL, {"prefix": NATS_PREFIX}, timeout=TIMEOUT)
+
+    async def cancelled_take() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(backend.aqueue_take(channel, timeout=60), 0.5)
+
+    async def put_then_take() -> bytes | None:
+        assert await backend.aqueue_put(channel, b"job", capacity=10, expires=_later())
+        taken = await backend.aqueue_take(channel, timeout=TIMEOUT)
+        await backend.aclose()
+        return taken
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(cancelled_take())
+    finally:
+        loop.close()
+    assert asyncio.run(put_then_take()) == b"job"

@@ -16,7 +16,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 
-from ..._loops import is_throwaway
+from ..._loops import at_close, is_throwaway
 from ..._timeouts import within
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Receiver
@@ -214,6 +214,9 @@ class NatsBackend(Backend):
         link = self._links.get(loop)
         if link is None:
             link = self._links[loop] = _Link(self, "publish")
+            # Closed with its loop: else its pull requests outlive it at the server,
+            # and take messages to a connection nobody reads.
+            at_close(loop, link.close)
         return link
 
     def _sync(
