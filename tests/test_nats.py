@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -290,3 +291,33 @@ async def test_a_consumer_lost_at_the_server_is_made_again(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await bc.aclose()
+
+
+def test_short_lived_loops_leave_no_connection_open() -> None:
+    """A loop that ends (``asyncio.run`` in a thread, a test's loop) closes what it
+    opened: its publishing connection and its receiver's, not one set per loop left."""
+    require_broker("nats")
+    server = PrivateNats()
+
+    async def one_loop(bc: Broadcast, number: int) -> None:
+        async with bc.subscribe("short") as subscription:
+            await bc.apublish("short", number)
+            event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+            assert event.data == number
+        await bc.aqueue_put("short-q", number, capacity=10, ttl=60)
+        assert await asyncio.wait_for(bc.aqueue_take("short-q"), TIMEOUT) == number
+
+    try:
+        server.start()
+        with using({"URL": server.url}) as bc:
+            for number in range(10):
+                asyncio.run(one_loop(bc, number))
+            deadline = time.monotonic() + TIMEOUT  # (the server notes a close at once,
+            while (connections := server.monitoring("connz")["connections"]) and (
+                time.monotonic() < deadline  # or nearly)
+            ):
+                time.sleep(0.05)
+            assert connections == [], [c.get("name") for c in connections]
+            bc.close()
+    finally:
+        server.stop()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from django.db import connections, transaction
 
-from django_broadcast import Broadcast, Event
+from django_broadcast import Broadcast, Event, broadcasts
 from django_broadcast.backends.base import Message
 from django_broadcast.backends.postgres import PostgresBackend
 
@@ -244,3 +244,65 @@ async def test_a_large_event_deleted_before_it_was_read_is_a_gap(channel: str) -
             await receiver.close()
         assert [(m.gap, m.id) for m in messages] == [("trimmed", ""), (None, small)]
         await bc.aclose()
+
+
+async def test_the_pools_maintenance_worker_ends_when_cancelled_mid_task() -> None:
+    """psycopg_pool's worker catches a ``CancelledError`` raised in a task it runs and
+    waits for the next one: a loop ending with the pool open (``asyncio.run`` cancels
+    every task, then waits for them) would wait for ever. The backend's pool ends."""
+    from django_broadcast.backends.postgres.backend import _AsyncPool
+
+    running = asyncio.Event()
+
+    class Stuck:  # a maintenance task that never ends: a connection attempt, say
+        async def run(self) -> None:
+            running.set()
+            await asyncio.Event().wait()
+
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    worker = asyncio.get_running_loop().create_task(_AsyncPool.worker(queue))
+    queue.put_nowait(Stuck())
+    await asyncio.wait_for(running.wait(), 5)
+    worker.cancel()
+    done, _ = await asyncio.wait({worker}, timeout=5)
+    if not done:  # it went back to waiting for a task: cancel that wait, to end the test
+        worker.cancel()
+    assert worker in done and worker.cancelled()
+
+
+def test_short_lived_loops_leave_no_connection_open() -> None:
+    """A loop that ends (``asyncio.run`` in a thread, a test's loop) closes what it
+    opened: its pool's connections and its receiver's, not one set per loop left."""
+    import uuid
+
+    import psycopg
+
+    from .brokers import POSTGRES_URL, PREFIX
+
+    require_broker("postgresql")
+    name = f"t-short-{uuid.uuid4().hex[:8]}"
+    url = f"{POSTGRES_URL}?application_name={name}"
+    listen = f"django_broadcast:listen:{PREFIX}"
+
+    async def one_loop(number: int) -> None:
+        bc = broadcasts["default"]
+        async with bc.subscribe("short") as subscription:
+            await bc.apublish("short", number)
+            event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+            assert event.data == number
+        await bc.aqueue_put("short-q", number, capacity=10, ttl=60)
+        assert await asyncio.wait_for(bc.aqueue_take("short-q"), TIMEOUT) == number
+
+    with using({"URL": url, "OPTIONS": {"prefix": PREFIX}}):
+        try:
+            for number in range(10):
+                asyncio.run(one_loop(number))
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                rows = admin.execute(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE application_name IN (%s, %s)",
+                    [name, listen],
+                ).fetchall()
+            assert rows == [], f"connections of ended loops still open: {rows}"
+        finally:
+            broadcasts["default"].close()

@@ -11,6 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import psycopg
@@ -18,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from psycopg_pool.pool_async import StopWorker
 
+from ..._loops import at_close
 from ...exceptions import BroadcastError, BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Message, Receiver
 from . import schema
@@ -365,6 +367,7 @@ class PostgresBackend(Backend):
                 name="django_broadcast",
             )
             self._apools[loop] = pool
+            at_close(loop, partial(self._close_loop, loop))  # a loop that ends: its pool
             await pool.open(wait=False)
         return pool
 
@@ -508,6 +511,7 @@ class PostgresBackend(Backend):
         waker = self._wakers.get(loop)
         if waker is None:
             waker = self._wakers[loop] = Waker(self)
+            at_close(loop, partial(self._close_loop, loop))
         put = asyncio.Event()
         waker.add(name, put)
         try:
@@ -570,16 +574,20 @@ class PostgresBackend(Backend):
 
     async def aclose(self) -> None:
         """Close the running loop's queue waker and pool, then the sync pool."""
-        loop = asyncio.get_running_loop()
+        await self._close_loop(asyncio.get_running_loop())
+        self.close()
+
+    async def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the queue waker and the pool of ``loop`` (the running one)."""
         waker = self._wakers.pop(loop, None)
         if waker is not None:
             await waker.close()
-        if self._giving_back:
-            await asyncio.wait(self._giving_back, timeout=self.timeout)
+        giving_back = {task for task in self._giving_back if task.get_loop() is loop}
+        if giving_back:
+            await asyncio.wait(giving_back, timeout=self.timeout)
         pool = self._apools.pop(loop, None)
         if pool is not None:
             await pool.close(timeout=self.timeout)
-        self.close()
 
 
 def _create_tables(conn: psycopg.Connection[Any]) -> None:
@@ -599,7 +607,14 @@ class _AsyncPool(AsyncConnectionPool[Any]):
     them in the middle of a task, and wait for the next one: an event loop that ends with the pool
     still open (``asyncio.run()`` cancels every task before closing, as
     ``async_to_sync`` and pytest-asyncio do) then waits for them forever.
+
+    Closing the pool once its workers ended that way closes its connections too
+    (psycopg_pool's ``close()`` would raise their ``CancelledError`` first).
     """
+
+    async def _signal_stop_worker(self) -> list[Any]:
+        workers = await super()._signal_stop_worker()
+        return [worker for worker in workers if not worker.done()]
 
     @classmethod
     async def worker(cls, q: Any) -> None:
