@@ -195,3 +195,15 @@ def test_queue_names_do_not_collide_with_channel_names() -> None:
     assert backend.queue_notify_name("a") != backend.notify_name("a")
     assert backend.queue_notify_name("a" * 100) != backend.notify_name("a" * 100)
     assert len(backend.queue_notify_name("a" * 100).encode()) <= 63
+
+
+async def test_the_waker_stops_listening_to_queues_without_takers(
+    backend: PostgresBackend, channel: str
+) -> None:
+    """A loop that took from many queues over its life LISTENs only to those with
+    takers now (each LISTEN costs the server a slot per connection)."""
+    for n in range(3):
+        assert await backend.aqueue_put(f"{channel}-{n}", b"m", capacity=5, expires=time.time() + 60)
+        assert await backend.aqueue_take(f"{channel}-{n}", timeout=TIMEOUT) == b"m"
+    waker = backend._wakers[asyncio.get_running_loop()]
+    assert waker.listening == {backend.queue_notify_name(f"{channel}-2")}

@@ -85,8 +85,8 @@ class Waker:
 
     It waits in psycopg's ``notifies()``, in a task of its own; a LISTEN cancels that
     wait (which consumed nothing), runs, and starts it again: notifications that arrive
-    meanwhile are kept by psycopg and read first. Channels stay LISTENed to while the
-    connection lasts; a new connection LISTENs to those with takers.
+    meanwhile are kept by psycopg and read first. A channel nobody takes from any more
+    is UNLISTENed at the next LISTEN; a new connection LISTENs to those with takers.
     """
 
     def __init__(self, backend: PostgresBackend) -> None:
@@ -142,6 +142,9 @@ class Waker:
                 for wanted in {name, *self.takers} - self.listening:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(wanted)))
                     self.listening.add(wanted)
+                for unwanted in self.listening - {name, *self.takers}:
+                    await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(unwanted)))
+                    self.listening.discard(unwanted)
             except psycopg.OperationalError as exc:
                 raise self.backend.unavailable(exc, url=self.backend.listen_url) from exc
             finally:
