@@ -202,8 +202,8 @@ async def test_the_waker_stops_listening_to_queues_without_takers(
 ) -> None:
     """A loop that took from many queues over its life LISTENs only to those with
     takers now (each LISTEN costs the server a slot per connection)."""
-    for n in range(3):
-        assert await backend.aqueue_put(f"{channel}-{n}", b"m", capacity=5, expires=time.time() + 60)
-        assert await backend.aqueue_take(f"{channel}-{n}", timeout=TIMEOUT) == b"m"
+    for queue in (f"{channel}-0", f"{channel}-1", f"{channel}-2"):
+        assert await backend.aqueue_put(queue, b"m", capacity=5, expires=time.time() + 60)
+        assert await backend.aqueue_take(queue, timeout=TIMEOUT) == b"m"
     waker = backend._wakers[asyncio.get_running_loop()]
     assert waker.listening == {backend.queue_notify_name(f"{channel}-2")}
