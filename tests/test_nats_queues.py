@@ -266,3 +266,41 @@ def test_a_taker_cancelled_on_a_loop_that_then_closed_holds_back_no_message(
     finally:
         loop.close()
     assert asyncio.run(put_then_take()) == b"job"
+
+
+async def test_a_put_after_a_put_on_the_connection_is_one_round_trip(channel: str) -> None:
+    """The connection remembers the queue's last sequence: later puts publish at once
+    (the server gets one message each), where the first reads the queue first."""
+    require_broker("nats")
+    server = PrivateNats()
+    server.start()
+    backend = NatsBackend(server.url, {"prefix": NATS_PREFIX}, timeout=TIMEOUT)
+    try:
+        assert await backend.aqueue_put(channel, b"first", capacity=100, expires=_later())
+        before = server.monitoring("varz")["in_msgs"]
+        for i in range(20):
+            assert await backend.aqueue_put(channel, b"%d" % i, capacity=100, expires=_later())
+        assert server.monitoring("varz")["in_msgs"] - before == 20
+    finally:
+        await backend.aclose()
+        server.stop()
+
+
+async def test_what_a_connection_remembers_never_lets_a_queue_pass_its_capacity(
+    backend: NatsBackend, channel: str
+) -> None:
+    """Another process's put makes the remembered sequence stale (JetStream refuses the
+    put, which reads again); another's take only makes the remembered count too high
+    (a full-looking queue is read again)."""
+    other = NatsBackend(NATS_URL, {"prefix": NATS_PREFIX}, timeout=TIMEOUT)
+    try:
+        assert await backend.aqueue_put(channel, b"a1", capacity=2, expires=_later())
+        assert await other.aqueue_put(channel, b"b1", capacity=2, expires=_later())
+        assert not await backend.aqueue_put(channel, b"a2", capacity=2, expires=_later())
+        assert await other.aqueue_take(channel, timeout=TIMEOUT) == b"a1"
+        assert await backend.aqueue_put(channel, b"a3", capacity=2, expires=_later())
+        assert not await backend.aqueue_put(channel, b"a4", capacity=2, expires=_later())
+        assert await other.aqueue_take(channel, timeout=TIMEOUT) == b"b1"
+        assert await other.aqueue_take(channel, timeout=TIMEOUT) == b"a3"
+    finally:
+        await other.aclose()

@@ -15,7 +15,11 @@ putting, and each queue may have a capacity of its own (JetStream's own per-subj
 limit is one number for the whole stream). Expired messages take no room: a put that
 finds the queue full first deletes the expired messages at its head (messages of a
 queue expire in the order they were put where, as in the layer, every put gives the
-same time to live), then counts again.
+same time to live), then counts again. After a put, the connection remembers the
+queue's last sequence and a count that can only be too high (takes lower the real
+one): the next put publishes at once against that sequence, one round trip, and reads
+again only where the count reaches the capacity or JetStream refuses the sequence
+(another process put, or the queue was emptied).
 
 **Take** asks the queue's durable consumer for one message (a pull request whose
 ``expires`` is the time left), on an inbox of its own; an expired message is
@@ -115,6 +119,8 @@ class Queues:
         self.consumers: dict[str, float] = {}
         #: Inboxes kept for the requests of cancelled takers; messages given back.
         self._leftovers: set[asyncio.Task[Any]] = set()
+        #: Subject -> (its last sequence, at least its message count), after a put.
+        self._known: dict[str, tuple[int, int]] = {}
 
     def subject(self, queue: str) -> str:
         """The subject of ``queue``."""
@@ -145,6 +151,7 @@ class Queues:
             )
         self.client = client
         self.consumers.clear()
+        self._known.clear()
 
     def forget(self) -> None:
         """Ensure the stream again on the next call (it was found gone)."""
@@ -161,31 +168,43 @@ class Queues:
         subject = self.subject(queue)
         js = client.jetstream()
         swept = False
+        known = self._known.pop(subject, None)
         while True:
+            if known is not None and known[1] < capacity:
+                last, count = known  # (the count may be too high, never too low)
+            else:
+                last, count = await self._read(client, subject)
+                if count >= capacity:
+                    if swept or not await self._sweep(client, subject):
+                        return False
+                    swept = True
+                    continue
+            known = None
+            headers = {EXPIRES: repr(expires), _EXPECTED_LAST: str(last)}
             try:
-                last = (await backend.within(js.get_last_msg(backend.queue_stream, subject))).seq
-            except nats.js.errors.NotFoundError as exc:
-                if exc.err_code != _NO_MESSAGE:
-                    raise
-                last = 0
-            info = await backend.within(
-                js.stream_info(backend.queue_stream, subjects_filter=subject)
-            )
-            if (info.state.subjects or {}).get(subject, 0) >= capacity:
-                if swept or not await self._sweep(client, subject):
-                    return False
-                swept = True
-                continue
-            headers = {EXPIRES: repr(expires), _EXPECTED_LAST: str(last or 0)}
-            try:
-                await backend.within(
+                ack = await backend.within(
                     js.publish(subject, payload, timeout=backend.timeout, headers=headers)
                 )
             except nats.js.errors.APIError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
                     continue  # another put (or a take) came first: read again
                 raise
+            self._known[subject] = (ack.seq, count + 1)
             return True
+
+    async def _read(self, client: Client, subject: str) -> tuple[int, int]:
+        """The last sequence and the message count of ``subject``, as the server has
+        them."""
+        backend = self.backend
+        js = client.jetstream()
+        try:
+            last = (await backend.within(js.get_last_msg(backend.queue_stream, subject))).seq
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code != _NO_MESSAGE:
+                raise
+            last = 0
+        info = await backend.within(js.stream_info(backend.queue_stream, subjects_filter=subject))
+        return last or 0, (info.state.subjects or {}).get(subject, 0)
 
     async def _sweep(self, client: Client, subject: str) -> bool:
         """Delete the expired messages at the head of ``subject``; return whether any
@@ -335,7 +354,9 @@ class Queues:
         """Purge ``queue``'s subject."""
         backend = self.backend
         js = client.jetstream()
-        await backend.within(js.purge_stream(backend.queue_stream, subject=self.subject(queue)))
+        subject = self.subject(queue)
+        self._known.pop(subject, None)
+        await backend.within(js.purge_stream(backend.queue_stream, subject=subject))
 
 
 async def _unsubscribe(sub: Any, *, after: float = 0) -> None:
