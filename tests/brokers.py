@@ -149,6 +149,37 @@ class Broker(abc.ABC):
         return True
 
 
+class _ServerBroker(Broker):
+    """A broker on a server of its own: the shared one at ``shared_url``, a private
+    one of ``private_server`` where a test needs to stop or hurt it."""
+
+    can_start = True
+    #: The shared server's URL (the first, where it lists several).
+    shared_url: ClassVar[str]
+    #: The port a URL without one means.
+    default_port: ClassVar[int]
+    #: The prefix every alias of the tests gets (keys, subjects or rows of this run).
+    prefix: ClassVar[str]
+    private_server: ClassVar[type[PrivateServer]]
+
+    def url(self) -> str:
+        return self.shared_url
+
+    def default_options(self) -> dict[str, Any]:
+        return {"prefix": self.prefix}
+
+    def reachable(self) -> bool:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.shared_url.split(",")[0])
+        return reachable(parts.hostname or "127.0.0.1", parts.port or self.default_port)
+
+    def start_private(self) -> PrivateServer:
+        server = self.private_server()
+        server.start()
+        return server
+
+
 # Memory --------------------------------------------------------------------------------
 
 
@@ -256,25 +287,11 @@ class PrivateRedis(PrivateServer):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class _RedisBroker(Broker):
-    can_start = True
-
-    def url(self) -> str:
-        return REDIS_URL
-
-    def default_options(self) -> dict[str, Any]:
-        return {"prefix": PREFIX}
-
-    def reachable(self) -> bool:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(REDIS_URL)
-        return reachable(parts.hostname or "127.0.0.1", parts.port or 6379)
-
-    def start_private(self) -> PrivateServer:
-        server = PrivateRedis()
-        server.start()
-        return server
+class _RedisBroker(_ServerBroker):
+    shared_url = REDIS_URL
+    default_port = 6379
+    prefix = PREFIX
+    private_server = PrivateRedis
 
     async def _client_list(self, bc: Broadcast) -> list[dict[str, Any]]:
         import redis.asyncio
@@ -777,26 +794,12 @@ def _stopped(stat: str) -> bool:
         return True
 
 
-class NatsBroker(Broker):
+class NatsBroker(_ServerBroker):
     name = "nats"
-    can_start = True
-
-    def url(self) -> str:
-        return NATS_URL
-
-    def default_options(self) -> dict[str, Any]:
-        return {"prefix": NATS_PREFIX}
-
-    def reachable(self) -> bool:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(NATS_URL.split(",")[0])
-        return reachable(parts.hostname or "127.0.0.1", parts.port or 4222)
-
-    def start_private(self) -> PrivateServer:
-        server = PrivateNats()
-        server.start()
-        return server
+    shared_url = NATS_URL
+    default_port = 4222
+    prefix = NATS_PREFIX
+    private_server = PrivateNats
 
     async def subscriptions(self, bc: Broadcast, channel: str) -> int:
         # What the server holds: the stream's live consumers of the channel's subject
@@ -959,26 +962,12 @@ class PrivatePostgres(PrivateServer):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PostgresBroker(Broker):
+class PostgresBroker(_ServerBroker):
     name = "postgresql"
-    can_start = True
-
-    def url(self) -> str:
-        return POSTGRES_URL
-
-    def default_options(self) -> dict[str, Any]:
-        return {"prefix": PREFIX}
-
-    def reachable(self) -> bool:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(POSTGRES_URL)
-        return reachable(parts.hostname or "127.0.0.1", parts.port or 5432)
-
-    def start_private(self) -> PrivateServer:
-        server = PrivatePostgres()
-        server.start()
-        return server
+    shared_url = POSTGRES_URL
+    default_port = 5432
+    prefix = PREFIX
+    private_server = PrivatePostgres
 
     def cleanup(self) -> None:
         """Delete the rows this run wrote in the shared database (every alias of the
