@@ -10,10 +10,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nats.js import api
 
+from .._ids import parse_pair
+
 #: The position before anything: resuming from it reads a channel from its start.
 ORIGIN = "0-0"
-_MAX_ID_PART = 2**64 - 1  # JetStream sequences are unsigned 64-bit numbers
-_MAX_ID_PART_DIGITS = len(str(_MAX_ID_PART))
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -116,21 +116,7 @@ def make_id(epoch: int, seq: int) -> str:
 
 def parse_id(event_id: object) -> tuple[int, int]:
     """``(stream epoch, sequence)`` of an id; ``ValueError`` for anything else."""
-    if isinstance(event_id, str):
-        epoch, sep, seq = event_id.partition("-")
-        if sep and _part(epoch) and _part(seq):
-            return int(epoch), int(seq)
-    raise ValueError(
-        f"{event_id!r} is not an event id of the NATS backend: expected a stream id, the "
-        f"stream's epoch and a sequence number, two decimal numbers of ASCII digits from "
-        f"0 to {_MAX_ID_PART} joined by '-', such as '1700000000000000-42'"
-    )
-
-
-def _part(text: str) -> bool:
-    return (
-        0 < len(text) <= _MAX_ID_PART_DIGITS
-        and text.isascii()
-        and text.isdigit()
-        and int(text) <= _MAX_ID_PART
-    )
+    return parse_pair(
+        event_id, backend="NATS", parts="the stream's epoch and a sequence number",
+        example="1700000000000000-42",
+    )  # fmt: skip

@@ -12,6 +12,7 @@ import redis
 import redis.asyncio
 
 from ...exceptions import BroadcastUnavailable
+from .._ids import MAX_PART, parse_pair
 from ..base import ConnectionLost, Features, HistoryPage, Message, Receiver
 from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection
 from ._topology import Address
@@ -21,38 +22,22 @@ __all__ = ["RedisStreamsBackend"]
 
 _XREAD_COUNT = 1000
 _ORIGIN = "0-0"  # the stream position before any entry
-_MAX_ID_PART = 2**64 - 1  # either part of a stream id is an unsigned 64-bit number
-_MAX_ID_PART_DIGITS = len(str(_MAX_ID_PART))
 
 
 def _parse_id(event_id: str) -> tuple[int, int]:
     """``(milliseconds, sequence)`` of a stream id; ``ValueError`` for anything else."""
-    if isinstance(event_id, str):
-        ms, sep, seq = event_id.partition("-")
-        if sep and _id_part(ms) and _id_part(seq):
-            return int(ms), int(seq)
-    raise ValueError(
-        f"{event_id!r} is not an event id of the Redis Streams backend: expected a stream "
-        f"id, two decimal numbers of ASCII digits from 0 to {_MAX_ID_PART} joined by '-', "
-        f"such as '1700000000000-0'"
-    )
-
-
-def _id_part(text: str) -> bool:
-    return (
-        0 < len(text) <= _MAX_ID_PART_DIGITS
-        and text.isascii()
-        and text.isdigit()
-        and int(text) <= _MAX_ID_PART
-    )
+    return parse_pair(
+        event_id, backend="Redis Streams", parts="milliseconds and a sequence number",
+        example="1700000000000-0",
+    )  # fmt: skip
 
 
 def _successor(event_id: str) -> str | None:
     """The smallest stream id after ``event_id``; None after the largest one."""
     ms, seq = _parse_id(event_id)
-    if seq < _MAX_ID_PART:
+    if seq < MAX_PART:
         return f"{ms}-{seq + 1}"
-    if ms < _MAX_ID_PART:
+    if ms < MAX_PART:
         return f"{ms + 1}-0"
     return None
 
