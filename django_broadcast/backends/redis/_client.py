@@ -243,15 +243,27 @@ class RedisBase(Backend):
                 except REDIS_ERRORS:
                     pass
                 # Closed by the server, or it sent something unasked: the command
-                # would fail as if the server had got it. It reconnects when it sends.
-                conn.disconnect()
+                # would fail as if the server had got it.
+                self._reconnect(pool, conn)
                 return conn
         try:
             return pool.get_connection()
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc, maybe_sent=False) from exc
 
+    def _reconnect(self, pool: Any, conn: Any) -> None:
+        """Connect ``conn`` anew (through ``connect()``, where a Sentinel's connection
+        asks for the current master), or give it back and raise."""
+        conn.disconnect()
+        try:
+            conn.connect()
+        except REDIS_ERRORS as exc:
+            self._give_back(pool, conn)
+            raise self.unavailable(exc, maybe_sent=False) from exc
+
     def _give_back(self, pool: Any, conn: Any) -> None:
+        if not pool.owns_connection(conn):  # a Sentinel's old master: ask again
+            conn.disconnect()
         idle = self._idle.get(pool)
         if idle is None:
             idle = self._idle.setdefault(pool, [])
@@ -269,6 +281,10 @@ class RedisBase(Backend):
                     if retried:
                         raise self.unavailable(exc, maybe_sent=False) from exc
                     retried = True  # a stale connection: the command did not leave
+                    try:
+                        conn.connect()
+                    except REDIS_ERRORS as again:
+                        raise self.unavailable(again, maybe_sent=False) from again
                     continue
                 except REDIS_ERRORS as exc:  # part of it sent: the broker never runs it
                     conn.disconnect()
@@ -304,6 +320,10 @@ class RedisBase(Backend):
                     if retried:
                         return [self.unavailable(exc, maybe_sent=False)] * len(commands)
                     retried = True  # a stale connection: nothing left
+                    try:
+                        conn.connect()
+                    except REDIS_ERRORS as again:
+                        return [self.unavailable(again, maybe_sent=False)] * len(commands)
                     continue
                 except REDIS_ERRORS as exc:  # part of it sent: the broker never runs it
                     conn.disconnect()
