@@ -309,3 +309,18 @@ def _raised(bc: Broadcast, channel: str, n: int) -> BaseException:
     except BaseException as exc:
         return exc
     raise AssertionError("the publish did not fail")
+
+
+def test_publish_many_on_a_postgres_pool_is_one_transaction(channel: str) -> None:
+    # One event the server refuses (a NUL in a name) fails the others with it:
+    # they were one transaction, rolled back whole; the connection stays usable.
+    with using(BROKERS["postgresql"].entry()) as bc:
+        backend = bc.backend
+        refused = backend.publish_many([(channel, b"1"), (f"{channel}\x00", b"2"), (channel, b"3")])
+        assert all(isinstance(outcome, Exception) for outcome in refused)
+        assert bc.history(channel) == []
+        ids = backend.publish_many([(channel, bc.codec.encode(envelope(n))) for n in range(3)])
+        assert [(e.id, e.data) for e in bc.history(channel)] == list(
+            zip(ids, range(3), strict=True)
+        )
+        bc.close()

@@ -10,6 +10,7 @@ and so on. Each caller gets its own event id, or its own exception.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -21,13 +22,14 @@ __all__ = ["Coalescer"]
 class _Call:
     """One waiting publish: what to send, and what came of it."""
 
-    __slots__ = ("batch", "channel", "done", "outcome", "payload")
+    __slots__ = ("batch", "channel", "done", "next", "outcome", "payload")
 
     def __init__(self, channel: str, payload: bytes) -> None:
         self.channel = channel
         self.payload = payload
         self.outcome: Any = None  # the id, or the exception to raise
         self.batch: list[_Call] | None = None  # set where this caller leads a flush
+        self.next: _Call | None = None  # the caller to wake after this one, once settled
         self.done = threading.Lock()
         self.done.acquire()  # released once settled, or once it leads
 
@@ -65,6 +67,8 @@ class Coalescer:
         interrupted = _wait(call)
         if call.batch is not None:
             self._flush(call.batch)
+        elif call.next is not None:  # settled: wake the next one of the batch
+            call.next.done.release()
         if interrupted is not None:
             raise interrupted
         if isinstance(call.outcome, BaseException):
@@ -94,8 +98,12 @@ class Coalescer:
             for call, outcome in zip(batch, outcomes, strict=True):
                 call.outcome = outcome
         finally:
-            for call in batch[1:]:
-                call.done.release()
+            # One after the other, each woken by the one before: waking them all at
+            # once would have them all contend for the GIL at once.
+            for call, after in itertools.pairwise(batch[1:]):
+                call.next = after
+            if len(batch) > 1:
+                batch[1].done.release()
             self._hand_over()
 
 
