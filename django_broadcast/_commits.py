@@ -8,7 +8,8 @@ transaction whose hook Django still holds and that is not sent yet: at a commit 
 first hook sends them all, and the others find theirs sent (a test helper that runs
 some hooks alone sends no earlier event). Django keeps no record of the hooks it
 dropped, but it held the only reference to them: each event is known here through
-a weak reference, which dies with the dropped hook.
+a weak reference, which dies with the dropped hook (CPython frees an object when its
+last reference goes).
 """
 
 from __future__ import annotations
