@@ -14,8 +14,10 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 
+from ._commits import Commits, Pending
 from ._loops import is_throwaway
 from .backends import schemes
+from .backends._coalescer import Coalescer
 from .backends.base import Backend, Features, HistoryPage, Message
 from .codec import Codec
 from .conf import AliasConfig
@@ -67,8 +69,16 @@ def _alive(events: list[Event], now: float) -> list[dict[str, Any]]:
 
 
 def _connection_in_atomic_block() -> BaseDatabaseWrapper | None:
-    for connection in connections.all(initialized_only=True):
-        if connection.in_atomic_block:
+    """The first database connection of this thread in an atomic block, if any.
+
+    Each alias's connection is looked up once, where this thread made it, as
+    ``connections.all(initialized_only=True)`` does in two lookups (each costs about
+    a microsecond: Django's per-thread storage asks asyncio for a running loop).
+    """
+    made = connections._connections  # type: ignore[attr-defined]
+    for alias in connections.settings:
+        connection: BaseDatabaseWrapper | None = getattr(made, alias, None)
+        if connection is not None and connection.in_atomic_block:
             return connection
     return None
 
@@ -96,6 +106,11 @@ class Broadcast:
         #: helpers (:mod:`django_broadcast.testing`). They must be quick and not raise.
         self.observers: list[Callable[[Event], object]] = []
         self._hubs = Hubs(self.backend, self._decode, config, self.counters)
+        #: Where sync publishes go: gathered across threads where the backend gains.
+        self._publisher: Backend | Coalescer = (
+            Coalescer(self.backend) if self.backend.coalesces else self.backend
+        )
+        self._commits = Commits(self._send_at_commit)
 
     def __repr__(self) -> str:
         return f"<Broadcast {self.alias!r} {type(self.backend).__name__}>"
@@ -247,7 +262,7 @@ class Broadcast:
                 return event
             connection = _connection_in_atomic_block()
             if connection is not None:
-                connection.on_commit(lambda: self._send_committed(channel, type, data, payload, ms))
+                self._commits.defer(connection, channel, type, data, payload, ms)
                 return None
         return self._send(channel, type, data, payload, ms)
 
@@ -266,9 +281,12 @@ class Broadcast:
         the data are checked here, in the caller, and raise as :meth:`publish` does.
         """
         payload, ms = self._encode(channel, type, data)
-        transaction.on_commit(
-            lambda: self._send_committed(channel, type, data, payload, ms), using=using
-        )
+        connection = transaction.get_connection(using)
+        if connection.in_atomic_block:
+            self._commits.defer(connection, channel, type, data, payload, ms)
+        else:  # sent at once in autocommit; refused in manual transaction management
+            pending = Pending(None, channel, type, data, payload, ms)
+            connection.on_commit(lambda: self._send_at_commit([pending]))
 
     def _joined_transaction(self) -> BaseDatabaseWrapper | None:
         """The database connection whose open transaction a publish is written in: the
@@ -282,7 +300,7 @@ class Broadcast:
         self, channel: str, type: str, data: Any, payload: bytes, ms: int, *, observe: bool = True
     ) -> Event:
         started = perf_counter()
-        event_id = self.backend.publish(channel, payload)
+        event_id = self._publisher.publish(channel, payload)
         counters = self.counters
         counters.latencies.add(perf_counter() - started)
         counters.published += 1
@@ -295,35 +313,62 @@ class Broadcast:
         for observer in tuple(self.observers):
             observer(event)
 
-    def _send_committed(self, channel: str, type: str, data: Any, payload: bytes, ms: int) -> None:
-        """Send an event at its transaction's commit; whatever happens, never raise:
-        the data is committed, and the hooks registered after this one must run."""
+    def _send_at_commit(self, pending: Sequence[Pending]) -> None:
+        """Send the events of a transaction at its commit, in order, in one round trip
+        where the backend can; whatever happens, never raise: the data is committed,
+        and the hooks registered after these must run. Each event that fails is
+        reported on its own."""
+        if not pending:
+            return
+        started = perf_counter()
+        outcomes: list[Any]
         try:
-            self._send(channel, type, data, payload, ms)
+            if len(pending) == 1:
+                outcomes = [self._publisher.publish(pending[0].channel, pending[0].payload)]
+            else:
+                outcomes = self.backend.publish_many([(p.channel, p.payload) for p in pending])
         except Exception as exc:
-            maybe_sent = isinstance(exc, BroadcastUnavailable) and exc.maybe_sent
-            self.counters.failed_publishes += 1
-            logger.error(
-                "publish to channel %r (type %r) of alias %r failed after the transaction "
-                "committed: %s; the event %s",
-                channel,
-                type,
-                self.alias,
-                exc,
-                "may still be delivered" if maybe_sent else "was not sent",
-                exc_info=not isinstance(exc, BroadcastError),
-            )
-            for receiver, error in publish_failed.send_robust(
-                Broadcast,
-                broadcast=self,
-                channel=channel,
-                type=type,
-                data=data,
-                exception=exc,
-                maybe_sent=maybe_sent,
-            ):
-                if isinstance(error, Exception):
-                    logger.error("a publish_failed receiver (%r) raised", receiver, exc_info=error)
+            outcomes = [exc] * len(pending)
+        elapsed = perf_counter() - started
+        counters = self.counters
+        for event, outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._report_failure(event, outcome)
+                continue
+            counters.latencies.add(elapsed)
+            counters.published += 1
+            if self.observers:
+                sent = Event(event.channel, event.type, event.data, outcome, _from_ms(event.ms))
+                try:
+                    self._notify(sent)
+                except Exception as exc:
+                    self._report_failure(event, exc)
+
+    def _report_failure(self, event: Pending, exc: Exception) -> None:
+        """Log, count and signal an event that could not be sent at its commit."""
+        maybe_sent = isinstance(exc, BroadcastUnavailable) and exc.maybe_sent
+        self.counters.failed_publishes += 1
+        logger.error(
+            "publish to channel %r (type %r) of alias %r failed after the transaction "
+            "committed: %s; the event %s",
+            event.channel,
+            event.type,
+            self.alias,
+            exc,
+            "may still be delivered" if maybe_sent else "was not sent",
+            exc_info=None if isinstance(exc, BroadcastError) else exc,
+        )
+        for receiver, error in publish_failed.send_robust(
+            Broadcast,
+            broadcast=self,
+            channel=event.channel,
+            type=event.type,
+            data=event.data,
+            exception=exc,
+            maybe_sent=maybe_sent,
+        ):
+            if isinstance(error, Exception):
+                logger.error("a publish_failed receiver (%r) raised", receiver, exc_info=error)
 
     async def apublish(self, channel: str, data: Any, *, type: str = "message") -> Event:
         """Publish ``data`` on ``channel`` from async code and return the sent event.

@@ -184,6 +184,11 @@ class Backend(abc.ABC):
     #: transaction :meth:`publish` writes the event (None: it never joins one).
     database: str | None = None
 
+    #: Whether :meth:`publish_many` sends its payloads in fewer round trips than one
+    #: each, from any thread: then the sync publishes of concurrent threads are worth
+    #: gathering into one call (the alias does, see :mod:`~._coalescer`).
+    coalesces: bool = False
+
     def __init__(self, location: str, options: Mapping[str, Any], *, timeout: float) -> None:
         self.location = location
         self.options = dict(options)
@@ -235,6 +240,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def apublish(self, channel: str, payload: bytes) -> str:
         """Send ``payload`` on ``channel`` from async code; return the event id."""
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[str | Exception]:
+        """Send each ``(channel, payload)`` of ``items``, in order, from sync code, in
+        as few round trips as the broker allows; return, in the same order, each
+        event's id, or the exception its own :meth:`publish` would have raised.
+
+        Order is kept per channel, and one event's failure never stops the others.
+        This default publishes them one at a time.
+        """
+        results: list[str | Exception] = []
+        for channel, payload in items:
+            try:
+                results.append(self.publish(channel, payload))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     # History ----------------------------------------------------------------------
 

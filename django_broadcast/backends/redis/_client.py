@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import select
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -70,6 +71,9 @@ class RedisBase(Backend):
         self.url = self.topology.url
         self.prefix: str = self.options.get("prefix", "broadcast:")
         self._safe_url = safe_url(self.url)
+        #: Per pool: the idle sync connections this backend keeps (see _borrow).
+        self._idle: dict[Any, list[Any]] = {}
+        self._pid = os.getpid()
 
     # Clients ---------------------------------------------------------------------
 
@@ -128,13 +132,13 @@ class RedisBase(Backend):
         )
 
     def execute(self, *args: Any) -> Any:
-        """Run one command (its key second) from sync code on a pooled connection of
-        the server that holds the key, and return its reply.
+        """Run one command (its key second) from sync code on a connection of the
+        server that holds the key, and return its reply.
 
         Raise :class:`BroadcastUnavailable` where the broker cannot be reached or does
         not answer within TIMEOUT, with ``maybe_sent`` False where the command was
         certainly not run (no connection, or it broke before the whole command was
-        written; a pooled connection found broken so is replaced once, at once) and
+        written; a kept connection found broken so is replaced once, at once) and
         True once it was written (the broker may run it late). Where the command was
         certainly not run and the key may have moved (a cluster answered MOVED, or
         its node is gone), the topology is refreshed and the command sent once to the
@@ -162,20 +166,114 @@ class RedisBase(Backend):
         except _NOT_RUN as exc:
             self._fail(exc)
 
+    def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` (each with its key second) from sync code, pipelined: one
+        write and one read per server that holds their keys; return each reply, in
+        order, or in its place the exception :meth:`execute` would have raised for it.
+
+        The commands of one server are sent in their order. Those certainly not run
+        whose key may have moved are sent once more, as :meth:`execute` does, to the
+        key's new node.
+        """
+        replies: list[Any] = [None] * len(commands)
+        groups: dict[int, tuple[Any, list[int]]] = {}
+        for index, command in enumerate(commands):
+            try:
+                client = self.topology.sync_for(command[1])
+            except _FAILED as exc:
+                replies[index] = self.unavailable(exc, maybe_sent=False)
+                continue
+            groups.setdefault(id(client), (client, []))[1].append(index)
+        moved: list[tuple[Any, int]] = []  # (client it failed on, index)
+        for client, indexes in groups.values():
+            outcomes = self._pipeline(client.connection_pool, [commands[i] for i in indexes])
+            for index, outcome in zip(indexes, outcomes, strict=True):
+                replies[index] = outcome
+                if isinstance(outcome, _NOT_RUN) or (
+                    isinstance(outcome, BroadcastUnavailable) and not outcome.maybe_sent
+                ):
+                    moved.append((client, index))
+        if moved:
+            self._resend(commands, moved, replies)
+        return [
+            self.unavailable(reply, maybe_sent=False) if isinstance(reply, _NOT_RUN) else reply
+            for reply in replies
+        ]
+
+    def _resend(
+        self, commands: Sequence[tuple[Any, ...]], failed: list[tuple[Any, int]], replies: list[Any]
+    ) -> None:
+        """Send once more, each to its key's node after a refresh of the topology, the
+        commands certainly not run whose node has changed (on a cluster)."""
+        try:
+            self.topology.refresh()
+        except _FAILED:
+            return
+        for client, index in failed:
+            try:
+                moved = self.topology.sync_for(commands[index][1])
+            except _FAILED:
+                continue
+            if moved is not client:
+                [replies[index]] = self._pipeline(moved.connection_pool, [commands[index]])
+
     def _fail(self, exc: BaseException) -> NoReturn:
         """Raise for a command certainly not run."""
         if isinstance(exc, BroadcastUnavailable):
             raise exc
         raise self.unavailable(exc, maybe_sent=False) from exc
 
+    # The sync connections: borrowed once from a client's pool, then kept here, so
+    # that a command costs a list's pop and append rather than the pool's bookkeeping.
+
+    def _borrow(self, pool: Any) -> Any:
+        """A connection of ``pool`` ready to send, or :class:`BroadcastUnavailable`."""
+        if self._pid != os.getpid():  # a forked child: its parent's sockets are not its own
+            self._idle, self._pid = {}, os.getpid()
+        idle = self._idle.get(pool)
+        if idle:
+            try:
+                conn = idle.pop()
+            except IndexError:  # another thread took the last one
+                pass
+            else:
+                try:
+                    if not conn.can_read():
+                        return conn
+                except REDIS_ERRORS:
+                    pass
+                # Closed by the server, or it sent something unasked: the command
+                # would fail as if the server had got it.
+                self._reconnect(pool, conn)
+                return conn
+        try:
+            return pool.get_connection()
+        except REDIS_ERRORS as exc:
+            raise self.unavailable(exc, maybe_sent=False) from exc
+
+    def _reconnect(self, pool: Any, conn: Any) -> None:
+        """Connect ``conn`` anew (through ``connect()``, where a Sentinel's connection
+        asks for the current master), or give it back and raise."""
+        conn.disconnect()
+        try:
+            conn.connect()
+        except REDIS_ERRORS as exc:
+            self._give_back(pool, conn)
+            raise self.unavailable(exc, maybe_sent=False) from exc
+
+    def _give_back(self, pool: Any, conn: Any) -> None:
+        if not pool.owns_connection(conn):  # a Sentinel's old master: ask again
+            conn.disconnect()
+        idle = self._idle.get(pool)
+        if idle is None:
+            idle = self._idle.setdefault(pool, [])
+        idle.append(conn)
+
     def _execute(self, pool: Any, args: tuple[Any, ...]) -> Any:
-        retried = False
-        while True:
-            try:
-                conn = pool.get_connection()
-            except REDIS_ERRORS as exc:
-                raise self.unavailable(exc, maybe_sent=False) from exc
-            try:
+        conn = self._borrow(pool)
+        try:
+            retried = False
+            while True:
                 try:
                     conn.send_command(*args)
                 except redis.ConnectionError as exc:
@@ -183,6 +281,10 @@ class RedisBase(Backend):
                     if retried:
                         raise self.unavailable(exc, maybe_sent=False) from exc
                     retried = True  # a stale connection: the command did not leave
+                    try:
+                        conn.connect()
+                    except REDIS_ERRORS as again:
+                        raise self.unavailable(again, maybe_sent=False) from again
                     continue
                 except REDIS_ERRORS as exc:  # part of it sent: the broker never runs it
                     conn.disconnect()
@@ -194,8 +296,54 @@ class RedisBase(Backend):
                 except REDIS_ERRORS as exc:
                     conn.disconnect()
                     raise self.unavailable(exc, maybe_sent=True) from exc
-            finally:
-                pool.release(conn)
+        finally:
+            self._give_back(pool, conn)
+
+    def _pipeline(self, pool: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on a connection of ``pool`` and read their
+        replies: each reply, or the exception raised for it (an error reply as
+        redis-py raises it; :class:`BroadcastUnavailable` where the connection
+        failed, ``maybe_sent`` as in :meth:`execute`)."""
+        try:
+            conn = self._borrow(pool)
+        except BroadcastUnavailable as exc:
+            return [exc] * len(commands)
+        replies: list[Any] = []
+        try:
+            packed = conn.pack_commands(commands)
+            retried = False
+            while True:
+                try:
+                    conn.send_packed_command(packed)
+                except redis.ConnectionError as exc:
+                    conn.disconnect()
+                    if retried:
+                        return [self.unavailable(exc, maybe_sent=False)] * len(commands)
+                    retried = True  # a stale connection: nothing left
+                    try:
+                        conn.connect()
+                    except REDIS_ERRORS as again:
+                        return [self.unavailable(again, maybe_sent=False)] * len(commands)
+                    continue
+                except REDIS_ERRORS as exc:  # part of it sent: the broker never runs it
+                    conn.disconnect()
+                    return [self.unavailable(exc, maybe_sent=False)] * len(commands)
+                break
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.BusyLoadingError as exc:  # answered: not run
+                    replies.append(self.unavailable(exc, maybe_sent=False))
+                except redis.ResponseError as exc:  # answered: refused
+                    replies.append(exc)
+                except REDIS_ERRORS as exc:  # the rest were written: they may run
+                    conn.disconnect()
+                    lost = self.unavailable(exc, maybe_sent=True)
+                    replies.extend([lost] * (len(commands) - len(replies)))
+                    break
+            return replies
+        finally:
+            self._give_back(pool, conn)
 
     async def aexecute(self, *args: Any) -> Any:
         """:meth:`execute` from async code, on the running loop's pool.
@@ -286,6 +434,7 @@ class RedisBase(Backend):
 
     def close(self) -> None:
         """Disconnect the sync pools."""
+        self._idle = {}
         self.topology.close()
 
     async def aclose(self) -> None:

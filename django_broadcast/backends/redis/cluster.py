@@ -43,22 +43,12 @@ class RedisClusterBackend(RedisBackend):
     history, no patterns (the cluster has no sharded ``PSUBSCRIBE``)."""
 
     features = Features(patterns=False, id_order="publisher", max_payload=MAX_PAYLOAD, queues=True)
+    #: Sharded: sent to the master of the channel's slot.
+    command = "SPUBLISH"
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> list[str]:
         return [*super().validate_options(options), *_braces(options)]
-
-    def publish(self, channel: str, payload: bytes) -> str:
-        """``SPUBLISH`` on a pooled sync connection to the channel's master."""
-        event_id, frame = self._frame(payload)
-        self.execute("SPUBLISH", self.key(channel), frame)
-        return event_id
-
-    async def apublish(self, channel: str, payload: bytes) -> str:
-        """``SPUBLISH`` on the running loop's pool of the channel's master."""
-        event_id, frame = self._frame(payload)
-        await self.aexecute("SPUBLISH", self.key(channel), frame)
-        return event_id
 
     def receiver(self) -> Receiver:
         """One ``SSUBSCRIBE`` connection per node that holds subscribed channels."""
