@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -329,27 +329,15 @@ class PostgresBackend(Backend):
 
     async def apublish(self, channel: str, payload: bytes) -> str:
         """Write the event and its NOTIFY on the running loop's pool."""
-        pool = await self.async_pool()
-        try:
-            conn = await self._agetconn(pool)
-        except PoolTimeout as exc:
-            raise self.unavailable(exc, maybe_sent=False) from exc
-        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
-        try:
-            async with conn.cursor() as cursor:
-                key, params = self._publish_params(channel, payload)
-                await cursor.execute(_PUBLISH, params)
-                row = await cursor.fetchone()
-                assert row is not None
-                event_id: int = row[0]
-                if event_id % self.trim_every == 0:
-                    await cursor.execute(_TRIM, self._trim_params(key))
-            return str(event_id)
-        except psycopg.OperationalError as exc:
-            raise self.unavailable(exc, maybe_sent=True) from exc
-        finally:
-            timer.cancel()
-            await pool.putconn(conn)
+        async with self._aconnection(writes=True) as conn, conn.cursor() as cursor:
+            key, params = self._publish_params(channel, payload)
+            await cursor.execute(_PUBLISH, params)
+            row = await cursor.fetchone()
+            assert row is not None
+            event_id: int = row[0]
+            if event_id % self.trim_every == 0:
+                await cursor.execute(_TRIM, self._trim_params(key))
+        return str(event_id)
 
     # Pools -----------------------------------------------------------------------
 
@@ -364,6 +352,26 @@ class PostgresBackend(Backend):
                 return conn
             conn.close()
             pool.putconn(conn)
+
+    @contextlib.asynccontextmanager
+    async def _aconnection(self, *, writes: bool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of the running loop's pool, given back after; what runs on it
+        is bounded by TIMEOUT (past it, the socket is severed). A pool that gives none,
+        or a connection lost, raises :class:`BroadcastUnavailable`; for ``writes``, it
+        says whether the server may have got the write."""
+        pool = await self.async_pool()
+        try:
+            conn = await self._agetconn(pool)
+        except PoolTimeout as exc:
+            raise self.unavailable(exc, maybe_sent=False if writes else None) from exc
+        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
+        try:
+            yield conn
+        except psycopg.OperationalError as exc:
+            raise self.unavailable(exc, maybe_sent=True if writes else None) from exc
+        finally:
+            timer.cancel()
+            await pool.putconn(conn)
 
     async def _agetconn(self, pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[Any]:
         """:meth:`_getconn` for an async pool."""
@@ -483,21 +491,11 @@ class PostgresBackend(Backend):
     async def ahistory(self, channel: str, *, limit: int | None, since: str | None) -> HistoryPage:
         """:meth:`history` from async code."""
         read, gap_query = self._history_queries(channel, limit, since)
-        pool = await self.async_pool()
-        try:
-            conn = await self._agetconn(pool)
-            timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
-            try:
-                async with conn.transaction():
-                    rows = await (await conn.execute(*read)).fetchall()
-                    gap = None
-                    if gap_query is not None:
-                        gap = await (await conn.execute(*gap_query)).fetchone()
-            finally:
-                timer.cancel()
-                await pool.putconn(conn)
-        except psycopg.OperationalError as exc:
-            raise self.unavailable(exc) from exc
+        async with self._aconnection(writes=False) as conn, conn.transaction():
+            rows = await (await conn.execute(*read)).fetchall()
+            gap = None
+            if gap_query is not None:
+                gap = await (await conn.execute(*gap_query)).fetchone()
         return self._page(channel, since, rows, None if gap is None else gap[0])
 
     # Queues ------------------------------------------------------------------------
@@ -505,20 +503,9 @@ class PostgresBackend(Backend):
     async def aexecute(self, query: str, params: Any) -> Any:
         """Run one statement on the running loop's pool within TIMEOUT; return its
         first row (``None`` if it has none)."""
-        pool = await self.async_pool()
-        try:
-            conn = await self._agetconn(pool)
-        except PoolTimeout as exc:
-            raise self.unavailable(exc, maybe_sent=False) from exc
-        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
-        try:
+        async with self._aconnection(writes=True) as conn:
             cursor = await conn.execute(query.encode(), params)
             return None if cursor.description is None else await cursor.fetchone()
-        except psycopg.OperationalError as exc:
-            raise self.unavailable(exc, maybe_sent=True) from exc
-        finally:
-            timer.cancel()
-            await pool.putconn(conn)
 
     async def aqueue_put(
         self, queue: str, payload: bytes, *, capacity: int, expires: float
@@ -534,22 +521,10 @@ class PostgresBackend(Backend):
             "expires": expires,
             "name": self.queue_notify_name(queue),
         }
-        pool = await self.async_pool()
-        try:
-            conn = await self._agetconn(pool)
-        except PoolTimeout as exc:
-            raise self.unavailable(exc, maybe_sent=False) from exc
-        timer = asyncio.get_running_loop().call_later(self.timeout, overran, conn)
-        try:
-            async with conn.transaction():
-                await conn.execute(LOCK.encode(), [lock_key("!" + key)])
-                row = await (await conn.execute(PUT.encode(), params)).fetchone()
-            return row is not None
-        except psycopg.OperationalError as exc:
-            raise self.unavailable(exc, maybe_sent=True) from exc
-        finally:
-            timer.cancel()
-            await pool.putconn(conn)
+        async with self._aconnection(writes=True) as conn, conn.transaction():
+            await conn.execute(LOCK.encode(), [lock_key("!" + key)])
+            row = await (await conn.execute(PUT.encode(), params)).fetchone()
+        return row is not None
 
     async def aqueue_take(self, queue: str, *, timeout: float) -> bytes | None:
         """Delete and return the oldest unexpired message, waiting for a NOTIFY of the
