@@ -11,6 +11,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import os
 import random
 import re
 import threading
@@ -706,6 +707,29 @@ async def test_many_consumers_one_broker_subscription(
     for channel in channels:
         await layer.group_discard(group, channel)
     assert layer.broadcast._hub().channels == {inbox_of(channels[0])}
+
+
+def tasks_of_the_layer() -> int:
+    """How many tasks of this event loop run code of the layer's package."""
+    folder = os.path.dirname(inspect.getfile(BroadcastChannelLayer))
+    codes = (getattr(task.get_coro(), "cr_code", None) for task in asyncio.all_tasks())
+    return sum(1 for code in codes if code is not None and code.co_filename.startswith(folder))
+
+
+async def test_groups_are_routed_without_a_task_of_their_own(
+    layer: BroadcastChannelLayer, group: str
+) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    before = tasks_of_the_layer()
+    groups = [f"{group}-{n}" for n in range(20)]
+    for name in groups:
+        await layer.group_add(name, channel)
+    # The hub hands each group's events straight to the layer: no reader task per group.
+    assert tasks_of_the_layer() <= before
+    for name in groups:
+        await layer.group_send(name, {"type": "m", "group": name})
+        assert (await receive(layer, channel))["group"] == name
 
 
 # Channels' layer specification ----------------------------------------------------

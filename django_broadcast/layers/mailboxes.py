@@ -7,38 +7,62 @@ import asyncio
 from collections import deque
 from typing import Any
 
-__all__ = ["Mailbox", "running_loop"]
+__all__ = ["Entry", "Mailbox", "running_loop"]
+
+#: A queued message: (expires, message, the keys to copy as it is taken). The keys
+#: are None for a message its receiver owns already, a tuple (maybe empty) for one
+#: that every member of a group shares (see :func:`.messages.member_copy`).
+Entry = tuple[float, dict[str, Any], tuple[str, ...] | None]
 
 
 class Mailbox:
-    """The local queue of one channel: messages with their expiry, and waiters."""
+    """The local queue of one channel: messages with their expiry, and waiters.
 
-    __slots__ = ("capacity", "messages", "waiters")
+    ``memberships`` counts the groups the channel is a member of: a mailbox is kept
+    while it has any, so that a group's router holds its members' mailboxes and a
+    member's mailbox is not made anew each time it is emptied.
+    """
+
+    __slots__ = ("capacity", "memberships", "messages", "waiters")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        #: (expires, message, shared): a shared message is copied as it is taken.
-        self.messages: deque[tuple[float, dict[str, Any], bool]] = deque()
+        self.memberships = 0
+        self.messages: deque[Entry] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def idle(self) -> bool:
-        """No message queued and no receiver waiting: nothing to keep it for."""
-        return not self.messages and (
-            not self.waiters or all(waiter.done() for waiter in self.waiters)
+        """In no group, no message queued and no receiver waiting: nothing to keep it
+        for."""
+        return (
+            not self.memberships
+            and not self.messages
+            and (not self.waiters or all(waiter.done() for waiter in self.waiters))
         )
 
     def wake_all(self) -> None:
+        running = running_loop()
         while self.waiters:
-            self.wake_one()
+            self.wake_one(running)
 
-    def wake_one(self) -> None:
+    def wake(self, running: asyncio.AbstractEventLoop | None, count: int) -> None:
+        """Wake up to ``count`` receivers (one per message just queued)."""
+        self.wake_one(running)
+        while count > 1 and self.waiters:
+            count -= 1
+            self.wake_one(running)
+
+    def wake_one(self, running: asyncio.AbstractEventLoop | None) -> None:
+        """Wake the first receiver still waiting; ``running`` is the running loop
+        (None outside one), passed in so that a router waking thousands looks it up
+        once."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if waiter.done():
                 continue
             loop = waiter.get_loop()
-            if running_loop() is loop:
+            if running is loop:
                 waiter.set_result(None)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, waiter)

@@ -13,7 +13,15 @@ from typing import Any
 from ..codec import BYTES_TAG, tag_bytes
 from ..events import Event
 
-__all__ = ["SEND_TYPE", "decode_bytes", "encode_bytes", "fresh_copy", "member_message"]
+__all__ = [
+    "SEND_TYPE",
+    "containers",
+    "decode_bytes",
+    "encode_bytes",
+    "fresh_copy",
+    "member_copy",
+    "member_message",
+]
 
 #: The event type of a ``send()`` to another process's channel.
 SEND_TYPE = "channels.send"
@@ -67,3 +75,19 @@ def member_message(event: Event) -> dict[str, Any]:
         message.update(data)
     message["type"] = event.type
     return message
+
+
+def containers(message: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of ``message`` whose values are not immutable leaves: what
+    :func:`member_copy` copies. Worked out once per group message, not per member."""
+    return tuple(key for key, value in message.items() if type(value) not in _ATOMS)
+
+
+def member_copy(message: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A member's own copy of the group message ``message``: a new dict whose values
+    under ``keys`` (its :func:`containers`) are fresh copies, the others shared
+    (immutable)."""
+    copied = message.copy()
+    for key in keys:
+        copied[key] = fresh_copy(copied[key])
+    return copied
