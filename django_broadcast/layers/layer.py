@@ -27,7 +27,7 @@ from .groups import Group
 from .mailboxes import Mailbox, running_loop
 from .messages import (
     SEND_TYPE,
-    containers,
+    copy_plan,
     decode_bytes,
     encode_bytes,
     member_copy,
@@ -94,7 +94,8 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._inboxes: dict[str, Mailbox] = {}
         self._next_sweep = 0.0
         self._groups: dict[str, Group] = {}
-        self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
+        #: The part before "!" of our specific channels -> its broadcast channel.
+        self._my_inboxes: dict[str, str] = {}
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
         self._queues: set[str] = set()  # the plain channels this layer used
         #: (group, event id) of the group messages routed here as they were sent.
@@ -118,8 +119,10 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """
         inbox = f"{prefix}{self.client_prefix}"
         self.require_valid_group_name(inbox)
-        self._my_inboxes.add(inbox)
-        self._start_reader(self._inbox_channel(inbox), self._route_inbox)
+        reader = self._my_inboxes.get(inbox)
+        if reader is None:
+            reader = self._my_inboxes[inbox] = self._inbox_channel(inbox)
+        self._start_reader(reader, self._route_inbox)
         return f"{inbox}!{uuid.uuid4().hex[:12]}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -173,49 +176,35 @@ class BroadcastChannelLayer(BaseChannelLayer):
         ``channel`` is a plain name or one made by this layer's :meth:`new_channel`:
         another process's channel raises ``AssertionError``, as in channels_redis.
         """
-        inbox = self._inboxes.get(channel)
-        if inbox is not None and inbox.messages:
-            # A message is queued: the name was checked as it was put there.
+        if channel not in self._inboxes:
+            # Where it has a mailbox, the name was checked as the mailbox was made.
+            self.require_valid_channel_name(channel)
+            if "!" not in channel:
+                self._queues.add(channel)
+                return decode_bytes(await self.broadcast.aqueue_take(self._queue_name(channel)))
+            owner = channel.split("!", 1)[0]
+            assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
+        while True:
             now = time.time()
             if now >= self._next_sweep:
                 self._sweep(now)
             with self._lock:
-                message = self._take(channel, inbox, now)
-            if message is not None:
-                return message
-        return await self._receive(channel)
-
-    async def _receive(self, channel: str) -> dict[str, Any]:
-        self.require_valid_channel_name(channel)
-        if "!" not in channel:
-            self._queues.add(channel)
-            taken = await self.broadcast.aqueue_take(self._queue_name(channel))
-            return decode_bytes(taken)
-        owner = channel.split("!", 1)[0]
-        assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
-        reader = self._inbox_channel(owner)
-        now = time.time()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        loop = asyncio.get_running_loop()
-        while True:
-            # At first, and after a flush: messages of a specific channel may be local
-            # hand-offs, so its receiver waits on the inbox at once.
-            self._start_reader(reader, self._route_inbox)
-            with self._lock:
                 inbox = self._inbox(channel)
-                message = self._take(channel, inbox, time.time())
+                message = self._take(channel, inbox, now)
                 if message is None:
-                    waiter = loop.create_future()
+                    waiter = asyncio.get_running_loop().create_future()
                     inbox.waiters.append(waiter)
             if message is not None:
                 return message
+            # At first, and after a flush: messages of a specific channel may be local
+            # hand-offs, so its receiver waits on the inbox at once.
+            self._start_reader(self._my_inboxes[channel.split("!", 1)[0]], self._route_inbox)
             try:
                 await waiter
             except asyncio.CancelledError:
                 with self._lock:
                     if waiter.done() and not waiter.cancelled() and inbox.messages:
-                        inbox.wake_one(loop)  # pass the wake-up on to another receiver
+                        inbox.wake_one(waiter.get_loop())  # pass it on to another receiver
                     self._forget_if_idle(channel, inbox)
                 raise
 
@@ -233,11 +222,11 @@ class BroadcastChannelLayer(BaseChannelLayer):
         live only while a consumer holds them."""
         messages = inbox.messages
         while messages:
-            expires, message, keys = messages.popleft()
+            expires, message, plan = messages.popleft()
             if expires >= now:
-                if not messages:
+                if not messages and not inbox.memberships:
                     self._forget_if_idle(channel, inbox)
-                return message if keys is None else member_copy(message, keys)
+                return message if plan is None else member_copy(message, plan)
         return None
 
     def _forget_if_idle(self, channel: str, inbox: Mailbox) -> None:
@@ -249,9 +238,11 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._next_sweep = now + _SWEEP_INTERVAL
         with self._lock:
             for channel, inbox in list(self._inboxes.items()):
-                while inbox.messages and inbox.messages[0][0] < now:
-                    inbox.messages.popleft()
-                self._forget_if_idle(channel, inbox)
+                messages = inbox.messages
+                while messages and messages[0][0] < now:
+                    messages.popleft()
+                if not messages and not inbox.memberships:
+                    self._forget_if_idle(channel, inbox)
 
     def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> bool:
         """Queue ``message`` (the receiver's own) on a local channel; return False where
@@ -402,7 +393,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 return
         expires = now + self.expiry
         messages = [member_message(event) for event in events]
-        entries = [(expires, message, containers(message)) for message in messages]
+        entries = [(expires, message, copy_plan(message)) for message in messages]
         count = len(entries)
         boxes = list(group.boxes.values())
         running = running_loop()

@@ -7,12 +7,14 @@ import asyncio
 from collections import deque
 from typing import Any
 
+from .messages import CopyPlan
+
 __all__ = ["Entry", "Mailbox", "running_loop"]
 
-#: A queued message: (expires, message, the keys to copy as it is taken). The keys
-#: are None for a message its receiver owns already, a tuple (maybe empty) for one
-#: that every member of a group shares (see :func:`.messages.member_copy`).
-Entry = tuple[float, dict[str, Any], tuple[str, ...] | None]
+#: A queued message: (expires, message, what to copy of it as it is taken): None for
+#: a message its receiver owns already, a plan for one that every member of a group
+#: shares (see :func:`.messages.member_copy`).
+Entry = tuple[float, dict[str, Any], CopyPlan | None]
 
 
 class Mailbox:

@@ -15,7 +15,8 @@ from ..events import Event
 
 __all__ = [
     "SEND_TYPE",
-    "containers",
+    "CopyPlan",
+    "copy_plan",
     "decode_bytes",
     "encode_bytes",
     "fresh_copy",
@@ -77,17 +78,34 @@ def member_message(event: Event) -> dict[str, Any]:
     return message
 
 
-def containers(message: dict[str, Any]) -> tuple[str, ...]:
-    """The keys of ``message`` whose values are not immutable leaves: what
-    :func:`member_copy` copies. Worked out once per group message, not per member."""
-    return tuple(key for key, value in message.items() if type(value) not in _ATOMS)
+#: What to copy of a group message for each member: the keys of its values that are
+#: flat (a dict or list of immutable leaves: copied at one level) and the others.
+CopyPlan = tuple[tuple[str, ...], tuple[str, ...]]
 
 
-def member_copy(message: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+def copy_plan(message: dict[str, Any]) -> CopyPlan:
+    """What :func:`member_copy` copies of ``message``: its values that are not
+    immutable leaves. Worked out once per group message, not per member."""
+    flat: list[str] = []
+    deep: list[str] = []
+    for key, value in message.items():
+        kind = type(value)
+        if kind is dict:
+            (deep if any(type(v) not in _ATOMS for v in value.values()) else flat).append(key)
+        elif kind is list:
+            (deep if any(type(v) not in _ATOMS for v in value) else flat).append(key)
+        elif kind not in _ATOMS:
+            deep.append(key)
+    return tuple(flat), tuple(deep)
+
+
+def member_copy(message: dict[str, Any], plan: CopyPlan) -> dict[str, Any]:
     """A member's own copy of the group message ``message``: a new dict whose values
-    under ``keys`` (its :func:`containers`) are fresh copies, the others shared
-    (immutable)."""
+    that are not immutable leaves (its :func:`copy_plan`) are fresh copies."""
     copied = message.copy()
-    for key in keys:
+    flat, deep = plan
+    for key in flat:
+        copied[key] = copied[key].copy()
+    for key in deep:
         copied[key] = fresh_copy(copied[key])
     return copied
