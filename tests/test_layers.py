@@ -370,6 +370,20 @@ async def test_receiving_on_another_processs_channel_is_refused(
         await receive(layer, "not-client-prefix!local_part")
 
 
+async def test_an_inbox_message_for_another_processs_channel_is_not_kept(
+    bc: Broadcast, layer: BroadcastChannelLayer
+) -> None:
+    channel = await ready_channel(layer)
+    stranger = "not-client-prefix!local_part"
+    # Only layers write to the reserved inbox channels; this one names a stranger.
+    for to in (stranger, channel):
+        data = {"to": to, "expires": time.time() + 60, "message": {"type": to}}
+        await bc.apublish(inbox_of(channel), data, type="channels.send")
+    assert (await receive(layer, channel))["type"] == channel
+    with pytest.raises(AssertionError):
+        await receive(layer, stranger)
+
+
 async def test_channels_with_different_prefixes_are_each_served(bc: Broadcast, group: str) -> None:
     first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
     try:

@@ -445,11 +445,20 @@ class BroadcastChannelLayer(BaseChannelLayer):
             if event.type != SEND_TYPE or not isinstance(event.data, dict):
                 continue
             data = event.data
+            to = data.get("to")
+            if (
+                not isinstance(to, str)
+                or to.partition("!")[0] not in self._my_inboxes
+                or "!" not in to
+            ):
+                # Only channels of this layer get a mailbox (receive() trusts one).
+                logger.warning("an inbox message for %r, not a channel here, was dropped", to)
+                continue
             if data.get("expires", 0) < time.time():
                 continue
             message = decode_bytes(data["message"])
-            if not self._put(data["to"], data["expires"], message, strict=False):
-                logger.warning("channel %r is full: a message sent to it was dropped", data["to"])
+            if not self._put(to, data["expires"], message, strict=False):
+                logger.warning("channel %r is full: a message sent to it was dropped", to)
 
     # Flush and close ---------------------------------------------------------------
 
