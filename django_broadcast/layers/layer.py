@@ -24,13 +24,12 @@ from ..events import RESERVED_PREFIX, Event
 from ..exceptions import BroadcastError, MessageTooLarge, QueueFull
 from ..registry import broadcasts
 from .groups import Group
-from .mailboxes import Mailbox, running_loop
+from .mailboxes import Entry, Mailbox, running_loop
 from .messages import (
     SEND_TYPE,
-    copy_plan,
+    copier,
     decode_bytes,
     encode_bytes,
-    member_copy,
     member_message,
 )
 from .readers import Reader, Route
@@ -222,11 +221,11 @@ class BroadcastChannelLayer(BaseChannelLayer):
         live only while a consumer holds them."""
         messages = inbox.messages
         while messages:
-            expires, message, plan = messages.popleft()
+            expires, queued, make = messages.popleft()
             if expires >= now:
                 if not messages and not inbox.memberships:
                     self._forget_if_idle(channel, inbox)
-                return message if plan is None else member_copy(message, plan)
+                return queued if make is None else make(queued)
         return None
 
     def _forget_if_idle(self, channel: str, inbox: Mailbox) -> None:
@@ -392,11 +391,19 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._release(name)
                 return
         expires = now + self.expiry
-        messages = [member_message(event) for event in events]
-        entries = [(expires, message, copy_plan(message)) for message in messages]
-        count = len(entries)
         boxes = list(group.boxes.values())
-        running = running_loop()
+        entries: list[Entry]
+        if len(boxes) > 1 or group.elsewhere:
+            # Shared: each message is built once, and copied as each member takes it.
+            messages = [member_message(event) for event in events]
+            entries = [(expires, message, copier(message)) for message in messages]
+        else:
+            # One member: its messages are built as it takes them. Until then it holds
+            # the events (which live anyway), so nothing made here outlives a read.
+            messages = []
+            entries = [(expires, event, member_message) for event in events]
+        count = len(entries)
+        running = asyncio.get_running_loop()
         full = 0
         with self._lock:
             for box in boxes:

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
-
-from .messages import CopyPlan
 
 __all__ = ["Entry", "Mailbox", "running_loop"]
 
-#: A queued message: (expires, message, what to copy of it as it is taken): None for
-#: a message its receiver owns already, a plan for one that every member of a group
-#: shares (see :func:`.messages.member_copy`).
-Entry = tuple[float, dict[str, Any], CopyPlan | None]
+#: A queued message: (expires, what was queued, how to make the receiver's message of
+#: it): None where the queued message is the receiver's own already, else a function
+#: of what was queued (a group's message is copied, or built from its event, as it is
+#: taken, so that the copies live only while a consumer holds them).
+Entry = tuple[float, Any, Callable[[Any], dict[str, Any]] | None]
 
 
 class Mailbox:

@@ -8,6 +8,7 @@ fresh copy of the message, never a dict shared with another consumer.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from ..codec import BYTES_TAG, tag_bytes
@@ -15,12 +16,10 @@ from ..events import Event
 
 __all__ = [
     "SEND_TYPE",
-    "CopyPlan",
-    "copy_plan",
+    "copier",
     "decode_bytes",
     "encode_bytes",
     "fresh_copy",
-    "member_copy",
     "member_message",
 ]
 
@@ -45,12 +44,17 @@ def decode_bytes(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get(BYTES_TAG), str):
             return base64.b64decode(value[BYTES_TAG])
-        return {key: decode_bytes(item) for key, item in value.items()}
+        if _ATOMS.issuperset(map(type, value.values())):
+            return value.copy()  # leaves only: no tag inside
+        return {
+            key: item if type(item) in _ATOMS else decode_bytes(item) for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [decode_bytes(item) for item in value]
+        return [item if type(item) in _ATOMS else decode_bytes(item) for item in value]
     return value
 
 
+#: The types of the immutable leaves, which copies share.
 _ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
 
 
@@ -78,34 +82,30 @@ def member_message(event: Event) -> dict[str, Any]:
     return message
 
 
-#: What to copy of a group message for each member: the keys of its values that are
-#: flat (a dict or list of immutable leaves: copied at one level) and the others.
-CopyPlan = tuple[tuple[str, ...], tuple[str, ...]]
-
-
-def copy_plan(message: dict[str, Any]) -> CopyPlan:
-    """What :func:`member_copy` copies of ``message``: its values that are not
-    immutable leaves. Worked out once per group message, not per member."""
+def copier(message: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that makes a member's own copy of the group message ``message``: a
+    new dict whose values that are not immutable leaves are copied too (a dict or list
+    of leaves at one level, anything deeper with :func:`fresh_copy`). What to copy is
+    worked out here, once per message, not per member."""
     flat: list[str] = []
     deep: list[str] = []
     for key, value in message.items():
         kind = type(value)
+        if kind in _ATOMS:
+            continue
         if kind is dict:
-            (deep if any(type(v) not in _ATOMS for v in value.values()) else flat).append(key)
-        elif kind is list:
-            (deep if any(type(v) not in _ATOMS for v in value) else flat).append(key)
-        elif kind not in _ATOMS:
+            value = value.values()
+        elif kind is not list:
             deep.append(key)
-    return tuple(flat), tuple(deep)
+            continue
+        (flat if _ATOMS.issuperset(map(type, value)) else deep).append(key)
 
+    def copy(original: dict[str, Any]) -> dict[str, Any]:
+        copied = original.copy()
+        for key in flat:
+            copied[key] = copied[key].copy()
+        for key in deep:
+            copied[key] = fresh_copy(copied[key])
+        return copied
 
-def member_copy(message: dict[str, Any], plan: CopyPlan) -> dict[str, Any]:
-    """A member's own copy of the group message ``message``: a new dict whose values
-    that are not immutable leaves (its :func:`copy_plan`) are fresh copies."""
-    copied = message.copy()
-    flat, deep = plan
-    for key in flat:
-        copied[key] = copied[key].copy()
-    for key in deep:
-        copied[key] = fresh_copy(copied[key])
-    return copied
+    return copy
