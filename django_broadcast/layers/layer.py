@@ -189,30 +189,39 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._sweep(now)
             with self._lock:
                 inbox = self._inbox(channel)
-                message = self._take(channel, inbox, now)
-                if message is None:
-                    waiter = asyncio.get_running_loop().create_future()
-                    inbox.waiters.append(waiter)
-            if message is not None:
-                return message
+                if inbox.messages:
+                    message = self._take(channel, inbox, now)
+                    if message is not None:
+                        return message
+                waiter: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+                inbox.waiters.append(waiter)
             # At first, and after a flush: messages of a specific channel may be local
             # hand-offs, so its receiver waits on the inbox at once.
-            self._start_reader(self._my_inboxes[channel.split("!", 1)[0]], self._route_inbox)
+            self._start_reader(inbox.reader, self._route_inbox)
             try:
-                await waiter
+                entry = await waiter
             except asyncio.CancelledError:
                 with self._lock:
-                    if waiter.done() and not waiter.cancelled() and inbox.messages:
-                        inbox.wake_one(waiter.get_loop())  # pass it on to another receiver
+                    if waiter.done() and not waiter.cancelled():
+                        entry = waiter.result()
+                        if entry is not None:  # handed to it: back at the head
+                            inbox.messages.appendleft(entry)
+                        if inbox.messages:
+                            inbox.wake_one(waiter.get_loop())  # pass it on
                     self._forget_if_idle(channel, inbox)
                 raise
+            if entry is not None:  # handed straight to this receiver
+                _expires, queued, make = entry
+                return queued if make is None else make(queued)
 
     # _inbox, _take and _forget_if_idle are called with self._lock held.
 
     def _inbox(self, channel: str) -> Mailbox:
+        """The mailbox of ``channel``, a channel of this layer (made if need be)."""
         inbox = self._inboxes.get(channel)
         if inbox is None:
-            inbox = self._inboxes[channel] = Mailbox(self.get_capacity(channel))
+            reader = self._my_inboxes[channel.partition("!")[0]]
+            inbox = self._inboxes[channel] = Mailbox(self.get_capacity(channel), reader)
         return inbox
 
     def _take(self, channel: str, inbox: Mailbox, now: float) -> dict[str, Any] | None:
@@ -248,10 +257,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         it was full (and the message dropped), or raise ``ChannelFull`` if ``strict``."""
         running = running_loop()
         with self._lock:
-            inbox = self._inbox(channel)
-            if len(inbox.messages) < inbox.capacity:
-                inbox.messages.append((expires, message, None))
-                inbox.wake_one(running)
+            if not self._inbox(channel).put([(expires, message, None)], running):
                 return True
         if strict:
             raise ChannelFull(channel)
@@ -391,7 +397,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._release(name)
                 return
         expires = now + self.expiry
-        boxes = list(group.boxes.values())
+        boxes = group.boxes  # changed only under the lock
         entries: list[Entry]
         if len(boxes) > 1 or group.elsewhere:
             # Shared: each message is built once, and copied as each member takes it.
@@ -402,22 +408,12 @@ class BroadcastChannelLayer(BaseChannelLayer):
             # the events (which live anyway), so nothing made here outlives a read.
             messages = []
             entries = [(expires, event, member_message) for event in events]
-        count = len(entries)
         running = asyncio.get_running_loop()
         full = 0
         with self._lock:
-            for box in boxes:
-                queued = box.messages
-                room = box.capacity - len(queued)
-                if room >= count:
-                    queued.extend(entries)
-                else:
+            for box in boxes.values():
+                if box.put(entries, running):
                     full += 1
-                    if room <= 0:
-                        continue
-                    queued.extend(entries[:room])
-                if box.waiters:
-                    box.wake(running, count)
         if group.elsewhere:
             loop = asyncio.get_running_loop()
             for member in list(group.elsewhere):  # send() copies the messages

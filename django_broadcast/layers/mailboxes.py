@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["Entry", "Mailbox", "running_loop"]
@@ -25,13 +25,17 @@ class Mailbox:
     member's mailbox is not made anew each time it is emptied.
     """
 
-    __slots__ = ("capacity", "memberships", "messages", "waiters")
+    __slots__ = ("capacity", "memberships", "messages", "reader", "waiters")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, reader: str) -> None:
         self.capacity = capacity
+        #: The broadcast channel of the inbox that serves this channel.
+        self.reader = reader
         self.memberships = 0
         self.messages: deque[Entry] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        #: Receivers waiting: each future's result is the message handed to it, or
+        #: None where it is to look at the queue again.
+        self.waiters: deque[asyncio.Future[Entry | None]] = deque()
 
     @property
     def idle(self) -> bool:
@@ -42,6 +46,40 @@ class Mailbox:
             and not self.messages
             and (not self.waiters or all(waiter.done() for waiter in self.waiters))
         )
+
+    def put(self, entries: Sequence[Entry], running: asyncio.AbstractEventLoop | None) -> int:
+        """Queue ``entries``, in order, or hand them straight to the receivers
+        waiting on the running loop ``running`` while the queue is empty; return how
+        many were dropped because the queue was full. Call with the layer's lock
+        held."""
+        messages = self.messages
+        count = len(entries)
+        handed = 0
+        if not messages:
+            waiters = self.waiters
+            while waiters and handed < count:
+                waiter = waiters[0]
+                if waiter.done():
+                    waiters.popleft()
+                elif waiter.get_loop() is running:
+                    waiters.popleft()
+                    waiter.set_result(entries[handed])
+                    handed += 1
+                else:  # a receiver on another loop is woken to look at the queue
+                    break
+            if handed == count:
+                return 0
+            if handed:
+                entries = entries[handed:]
+                count -= handed
+        room = self.capacity - len(messages)
+        if room >= count:
+            messages.extend(entries)
+        elif room > 0:
+            messages.extend(entries[:room])
+        if self.waiters and room > 0:
+            self.wake(running, min(count, room))
+        return max(count - max(room, 0), 0)
 
     def wake_all(self) -> None:
         running = running_loop()
@@ -71,7 +109,7 @@ class Mailbox:
             return
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
+def _resolve(waiter: asyncio.Future[Entry | None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
