@@ -197,7 +197,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 inbox.waiters.append(waiter)
             # At first, and after a flush: messages of a specific channel may be local
             # hand-offs, so its receiver waits on the inbox at once.
-            self._start_reader(inbox.reader, self._route_inbox)
+            reader = self._readers.get(inbox.reader)
+            if reader is None or not reader.alive:
+                self._start_reader(inbox.reader, self._route_inbox)
             try:
                 entry = await waiter
             except asyncio.CancelledError:

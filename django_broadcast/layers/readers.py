@@ -52,7 +52,8 @@ class Reader:
         self._hubs = broadcast._hubs
         self._hub: Hub | None = None
         self._ended = False
-        self._opening = self.loop.create_task(self._open())
+        #: The task that attaches it to the hub, until it has.
+        self._opening: asyncio.Task[None] | None = self.loop.create_task(self._open())
 
     def __repr__(self) -> str:
         return f"<layer subscription {self.name}>"
@@ -79,6 +80,7 @@ class Reader:
                     await asyncio.sleep(delay)
                 else:
                     self._hub = hub
+                    self._opening = None  # done: one object less per subscription
                     self.ready.set_result(None)
                     return
         except BaseException as exc:
@@ -133,9 +135,11 @@ class Reader:
 
     async def _stop(self) -> None:
         self._ended = True
-        self._opening.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._opening
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await opening
         hub, self._hub = self._hub, None
         if hub is not None:
             try:
