@@ -462,17 +462,23 @@ def many_channels(channels: int, events: int, rounds: int, cases: list[str] | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,10000")
-    parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--sizes", default="1000,10000", help="comma-separated N (0: no fan-out table)"
+    )
+    parser.add_argument("--events", type=int, default=20, help="events per fan-out round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per figure (at least 3)")
     parser.add_argument(
         "--many", type=int, default=10_000, help="channels of the many-channels table (0: none)"
     )
-    parser.add_argument("--many-events", type=int, default=5)
+    parser.add_argument(
+        "--many-events", type=int, default=5, help="events to each group of the many-channels table"
+    )
     parser.add_argument(
         "--cases", default=None, help="comma-separated words: only the cases that contain one"
     )
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds: at least 3, so that each figure is a median with its spread")
     sizes = [int(s) for s in args.sizes.split(",")]
     cases = args.cases.split(",") if args.cases else None
     if sizes != [0]:
