@@ -247,12 +247,15 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """Drop the expired messages of every channel, read or not (once a second)."""
         self._next_sweep = now + _SWEEP_INTERVAL
         with self._lock:
-            for channel, inbox in list(self._inboxes.items()):
+            idle = []
+            for channel, inbox in self._inboxes.items():
                 messages = inbox.messages
                 while messages and messages[0][0] < now:
                     messages.popleft()
-                if not messages and not inbox.memberships:
-                    self._forget_if_idle(channel, inbox)
+                if not messages and not inbox.memberships and inbox.idle:
+                    idle.append(channel)
+            for channel in idle:
+                del self._inboxes[channel]
 
     def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> bool:
         """Queue ``message`` (the receiver's own) on a local channel; return False where
