@@ -188,7 +188,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
             if now >= self._next_sweep:
                 self._sweep(now)
             with self._lock:
-                inbox = self._inbox(channel)
+                inbox = self._inboxes.get(channel) or self._inbox(channel)
                 if inbox.messages:
                     message = self._take(channel, inbox, now)
                     if message is not None:
@@ -412,7 +412,10 @@ class BroadcastChannelLayer(BaseChannelLayer):
             # One member: its messages are built as it takes them. Until then it holds
             # the events (which live anyway), so nothing made here outlives a read.
             messages = []
-            entries = [(expires, event, member_message) for event in events]
+            if len(events) == 1:  # the usual batch of a group of one
+                entries = [(expires, events[0], member_message)]
+            else:
+                entries = [(expires, event, member_message) for event in events]
         running = asyncio.get_running_loop()
         full = 0
         with self._lock:
