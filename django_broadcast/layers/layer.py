@@ -385,11 +385,12 @@ class BroadcastChannelLayer(BaseChannelLayer):
 
     def _route_group(self, events: list[Event]) -> None:
         """Hand the events of one group to its members here: each member's mailbox
-        gets them under one hold of the lock; the message of each event is built
-        once, and copied per member as it is received."""
+        gets them (or a receiver waiting on it, at once) under one hold of the lock.
+        The message of each event is built once and copied per member as it is
+        received; for a group of one, built as it is received."""
         name = events[0].channel
         group = self._groups.get(name)
-        if not group:
+        if group is None:  # a group is dropped with its last member
             return
         now = time.time()
         if group.earliest < now - self.group_expiry:
