@@ -1,11 +1,19 @@
 """The publisher of the fan-out benchmark, run as a separate process.
 
-    python _fanout_publisher.py KIND URL PREFIX CHANNEL EVENTS
+    python _fanout_publisher.py KIND URL PREFIX CHANNEL EVENTS [GROUPS]
 
 KIND is ``django_broadcast`` (URL picks the backend), ``layer-broadcast``
 (``BroadcastChannelLayer`` over URL), ``layer-core`` or ``layer-pubsub`` (channels_redis)
 or ``broadcaster``. It connects, prints ``ready``, waits for a line on stdin, publishes
 EVENTS events with the library's own async API as fast as it goes, and prints ``done``.
+
+KIND ``many-broadcast`` or ``many-pubsub`` sends EVENTS events to each of GROUPS groups,
+``CHANNEL-0`` to ``CHANNEL-<GROUPS-1>``: the very ``PUBLISH`` commands (Redis channel
+and payload) that ``BroadcastChannelLayer.group_send`` or channels_redis pub/sub's
+``group_send`` sends, made with the library's own encoding before the go and sent
+after it in pipelines of :data:`PIPELINE`. A ``group_send`` at a time would measure
+the publisher (channels_redis's takes a lock per ``PUBLISH``), not the receivers.
+
 Standalone (no package imports), so that broadcaster's own virtualenv can run it too.
 """
 
@@ -17,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 Publish = Callable[[int], Awaitable[Any]]
+#: ``PUBLISH`` commands per round trip in the many-groups cases.
+PIPELINE = 1000
 
 
 def _configure(url: str, prefix: str) -> None:
@@ -59,6 +69,60 @@ async def _layer(kind: str, url: str, prefix: str, channel: str) -> Publish:
     return lambda n: layer.group_send(channel, {"type": "fan.event", "n": n, "text": "hello"})
 
 
+def _frames_broadcast(url: str, prefix: str) -> Callable[[str, dict[str, Any]], tuple[str, bytes]]:
+    """What ``BroadcastChannelLayer.group_send(group, message)`` publishes on redis://."""
+    _configure(url, prefix)
+    from django_broadcast import broadcast
+
+    backend: Any = broadcast.backend
+
+    def frame(group: str, message: dict[str, Any]) -> tuple[str, bytes]:
+        data = {key: value for key, value in message.items() if key != "type"}
+        payload, _ms = broadcast._encode(group, message["type"], data)
+        _id, framed = backend._frame(payload)
+        return backend.prefix + group, framed
+
+    return frame
+
+
+def _frames_pubsub(url: str, prefix: str) -> Callable[[str, dict[str, Any]], tuple[str, bytes]]:
+    """What channels_redis pub/sub's ``group_send(group, message)`` publishes."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(hosts=[url], prefix=prefix + "ps")
+
+    def frame(group: str, message: dict[str, Any]) -> tuple[str, bytes]:
+        return layer._get_group_channel_name(group), layer.serialize(message)
+
+    return frame
+
+
+async def _many(
+    kind: str, url: str, prefix: str, channel: str, events: int, groups: int
+) -> Publish:
+    import redis.asyncio
+
+    frame = _frames_broadcast(url, prefix) if kind == "broadcast" else _frames_pubsub(url, prefix)
+    names = [f"{channel}-{n}" for n in range(groups)]
+    # Made before the go: the clock measures the receivers.
+    by_event = [
+        [frame(name, {"type": "fan.event", "n": n, "text": "hello"}) for name in names]
+        for n in range(events)
+    ]
+    client = redis.asyncio.Redis.from_url(url)
+    await client.ping()
+
+    async def publish(n: int) -> None:
+        frames = by_event[n]
+        for start in range(0, len(frames), PIPELINE):
+            pipe = client.pipeline(transaction=False)
+            for key, payload in frames[start : start + PIPELINE]:
+                pipe.publish(key, payload)
+            await pipe.execute()
+
+    return publish
+
+
 async def _broadcaster(url: str, channel: str) -> Publish:
     import json
 
@@ -69,9 +133,11 @@ async def _broadcaster(url: str, channel: str) -> Publish:
     return lambda n: broadcast.publish(channel=channel, message=json.dumps({"n": n}))
 
 
-async def main(kind: str, url: str, prefix: str, channel: str, events: int) -> None:
+async def main(kind: str, url: str, prefix: str, channel: str, events: int, groups: int) -> None:
     if kind == "django_broadcast":
         publish = await _django_broadcast(url, prefix, channel)
+    elif kind.startswith("many-"):
+        publish = await _many(kind.split("-", 1)[1], url, prefix, channel, events, groups)
     elif kind.startswith("layer-"):
         publish = await _layer(kind.split("-", 1)[1], url, prefix, channel)
     elif kind == "broadcaster":
@@ -87,4 +153,5 @@ async def main(kind: str, url: str, prefix: str, channel: str, events: int) -> N
 
 if __name__ == "__main__":
     kind, url, prefix, channel, events = sys.argv[1:6]
-    asyncio.run(main(kind, url, prefix, channel, int(events)))
+    groups = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    asyncio.run(main(kind, url, prefix, channel, int(events), groups))

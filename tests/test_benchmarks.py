@@ -55,7 +55,7 @@ def test_sync_publish_benchmark_runs() -> None:
 def test_fanout_benchmark_runs() -> None:
     from benchmarks import fanout
 
-    table = fanout.run(sizes=[3], events=2, rounds=1).render()
+    table = fanout.run(sizes=[2, 3], events=2, rounds=1).render()
     for case in (
         "redis://",
         "redis+streams://",
@@ -71,6 +71,29 @@ def test_fanout_benchmark_runs() -> None:
     [cluster] = [line for line in table.splitlines() if "redis+cluster://" in line]
     assert "failed" not in cluster
     assert "target: redis:// >= 5x channels_redis pubsub" in table
+    assert "median (min-max) of 1 rounds" in table
+    for n in (2, 3):
+        assert f"target: layer >= 2x channels_redis pubsub at N={n}" in table
+
+
+def test_fanout_benchmark_says_not_measured_without_its_anchor() -> None:
+    from benchmarks import fanout
+
+    table = fanout.run(sizes=[3], events=2, rounds=1, cases=["BroadcastChannelLayer"]).render()
+    [target] = [line for line in table.splitlines() if "target: layer >= 2x" in line]
+    assert target.endswith("not measured")
+    assert not any(line.startswith("channels_redis pubsub") for line in table.splitlines())
+
+
+def test_many_channels_benchmark_runs() -> None:
+    from benchmarks import fanout
+
+    table = fanout.many_channels(channels=3, events=2, rounds=1).render()
+    assert "BroadcastChannelLayer" in table and "channels_redis pubsub" in table
+    assert "failed" not in table
+    [target] = [line for line in table.splitlines() if line.startswith("target:")]
+    assert "many channels (3 x 1 member)" in target
+    assert target.rstrip().endswith(("met", "NOT MET"))
 
 
 def test_memory_benchmark_runs() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import os
 import random
 import re
 import threading
@@ -369,6 +370,20 @@ async def test_receiving_on_another_processs_channel_is_refused(
         await receive(layer, "not-client-prefix!local_part")
 
 
+async def test_an_inbox_message_for_another_processs_channel_is_not_kept(
+    bc: Broadcast, layer: BroadcastChannelLayer
+) -> None:
+    channel = await ready_channel(layer)
+    stranger = "not-client-prefix!local_part"
+    # Only layers write to the reserved inbox channels; this one names a stranger.
+    for to in (stranger, channel):
+        data = {"to": to, "expires": time.time() + 60, "message": {"type": to}}
+        await bc.apublish(inbox_of(channel), data, type="channels.send")
+    assert (await receive(layer, channel))["type"] == channel
+    with pytest.raises(AssertionError):
+        await receive(layer, stranger)
+
+
 async def test_channels_with_different_prefixes_are_each_served(bc: Broadcast, group: str) -> None:
     first, second = BroadcastChannelLayer(), BroadcastChannelLayer()
     try:
@@ -706,6 +721,29 @@ async def test_many_consumers_one_broker_subscription(
     for channel in channels:
         await layer.group_discard(group, channel)
     assert layer.broadcast._hub().channels == {inbox_of(channels[0])}
+
+
+def tasks_of_the_layer() -> int:
+    """How many tasks of this event loop run code of the layer's package."""
+    folder = os.path.dirname(inspect.getfile(BroadcastChannelLayer))
+    codes = (getattr(task.get_coro(), "cr_code", None) for task in asyncio.all_tasks())
+    return sum(1 for code in codes if code is not None and code.co_filename.startswith(folder))
+
+
+async def test_groups_are_routed_without_a_task_of_their_own(
+    layer: BroadcastChannelLayer, group: str
+) -> None:
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    before = tasks_of_the_layer()
+    groups = [f"{group}-{n}" for n in range(20)]
+    for name in groups:
+        await layer.group_add(name, channel)
+    # The hub hands each group's events straight to the layer: no reader task per group.
+    assert tasks_of_the_layer() <= before
+    for name in groups:
+        await layer.group_send(name, {"type": "m", "group": name})
+        assert (await receive(layer, channel))["group"] == name
 
 
 # Channels' layer specification ----------------------------------------------------

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -23,9 +23,16 @@ from ..codec import carries_bytes
 from ..events import RESERVED_PREFIX, Event
 from ..exceptions import BroadcastError, MessageTooLarge, QueueFull
 from ..registry import broadcasts
-from .mailboxes import Mailbox, running_loop
-from .messages import SEND_TYPE, decode_bytes, encode_bytes, fresh_copy, member_message
-from .readers import Reader
+from .groups import Group
+from .mailboxes import Entry, Mailbox, running_loop
+from .messages import (
+    SEND_TYPE,
+    copier,
+    decode_bytes,
+    encode_bytes,
+    member_message,
+)
+from .readers import Reader, Route
 
 __all__ = ["BroadcastChannelLayer", "LayerMessageTooLarge"]
 
@@ -81,11 +88,13 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self.group_expiry = group_expiry
         #: The part before ``!`` of this layer's process-specific channels.
         self.client_prefix = uuid.uuid4().hex
-        self._lock = threading.Lock()  # guards _inboxes and the queues in it
+        # Guards _inboxes, the mailboxes in it and the groups' hold on them.
+        self._lock = threading.Lock()
         self._inboxes: dict[str, Mailbox] = {}
         self._next_sweep = 0.0
-        self._groups: dict[str, dict[str, float]] = {}
-        self._my_inboxes: set[str] = set()  # the part before "!" of our specific channels
+        self._groups: dict[str, Group] = {}
+        #: The part before "!" of our specific channels -> its broadcast channel.
+        self._my_inboxes: dict[str, str] = {}
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
         self._queues: set[str] = set()  # the plain channels this layer used
         #: (group, event id) of the group messages routed here as they were sent.
@@ -93,6 +102,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         self._sending: dict[str, int] = {}  # group -> its sends out (on the reader's loop)
         self._held: dict[str, list[Event]] = {}  # group -> broker events held meanwhile
         self._releasing: set[asyncio.Task[None]] = set()  # readers being stopped
+        self._forwarding: set[asyncio.Task[None]] = set()  # group messages being sent on
 
     @property
     def broadcast(self) -> Broadcast:
@@ -108,8 +118,10 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """
         inbox = f"{prefix}{self.client_prefix}"
         self.require_valid_group_name(inbox)
-        self._my_inboxes.add(inbox)
-        self._start_reader(self._inbox_channel(inbox), self._route_inbox)
+        reader = self._my_inboxes.get(inbox)
+        if reader is None:
+            reader = self._my_inboxes[inbox] = self._inbox_channel(inbox)
+        self._start_reader(reader, self._route_inbox)
         return f"{inbox}!{uuid.uuid4().hex[:12]}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -163,90 +175,94 @@ class BroadcastChannelLayer(BaseChannelLayer):
         ``channel`` is a plain name or one made by this layer's :meth:`new_channel`:
         another process's channel raises ``AssertionError``, as in channels_redis.
         """
-        self.require_valid_channel_name(channel)
-        if "!" not in channel:
-            self._queues.add(channel)
-            taken = await self.broadcast.aqueue_take(self._queue_name(channel))
-            return decode_bytes(taken)
-        owner = channel.split("!", 1)[0]
-        assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
-        reader = self._inbox_channel(owner)
-        self._sweep()
-        loop = asyncio.get_running_loop()
+        if channel not in self._inboxes:
+            # Where it has a mailbox, the name was checked as the mailbox was made.
+            self.require_valid_channel_name(channel)
+            if "!" not in channel:
+                self._queues.add(channel)
+                return decode_bytes(await self.broadcast.aqueue_take(self._queue_name(channel)))
+            owner = channel.split("!", 1)[0]
+            assert owner in self._my_inboxes, f"{channel!r} is not a channel of this layer"
         while True:
+            now = time.time()
+            if now >= self._next_sweep:
+                self._sweep(now)
+            with self._lock:
+                inbox = self._inboxes.get(channel) or self._inbox(channel)
+                if inbox.messages:
+                    message = self._take(channel, inbox, now)
+                    if message is not None:
+                        return message
+                waiter: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+                inbox.waiters.append(waiter)
             # At first, and after a flush: messages of a specific channel may be local
             # hand-offs, so its receiver waits on the inbox at once.
-            self._start_reader(reader, self._route_inbox)
-            with self._lock:
-                inbox = self._inbox(channel)
-                taken = self._take(channel, inbox)
-                if taken is None:
-                    waiter = loop.create_future()
-                    inbox.waiters.append(waiter)
-            if taken is not None:
-                message, shared = taken
-                return fresh_copy(message) if shared else message
+            reader = self._readers.get(inbox.reader)
+            if reader is None or not reader.alive:
+                self._start_reader(inbox.reader, self._route_inbox)
             try:
-                await waiter
+                entry = await waiter
             except asyncio.CancelledError:
                 with self._lock:
-                    if waiter.done() and not waiter.cancelled() and inbox.messages:
-                        inbox.wake_one()  # pass the wake-up on to another receiver
+                    if waiter.done() and not waiter.cancelled():
+                        entry = waiter.result()
+                        if entry is not None:  # handed to it: back at the head
+                            inbox.messages.appendleft(entry)
+                        if inbox.messages:
+                            inbox.wake_one(waiter.get_loop())  # pass it on
                     self._forget_if_idle(channel, inbox)
                 raise
+            if entry is not None:  # handed straight to this receiver
+                _expires, queued, make = entry
+                return queued if make is None else make(queued)
 
     # _inbox, _take and _forget_if_idle are called with self._lock held.
 
     def _inbox(self, channel: str) -> Mailbox:
+        """The mailbox of ``channel``, a channel of this layer (made if need be)."""
         inbox = self._inboxes.get(channel)
         if inbox is None:
-            inbox = self._inboxes[channel] = Mailbox(self.get_capacity(channel))
+            reader = self._my_inboxes[channel.partition("!")[0]]
+            inbox = self._inboxes[channel] = Mailbox(self.get_capacity(channel), reader)
         return inbox
 
-    def _take(self, channel: str, inbox: Mailbox) -> tuple[dict[str, Any], bool] | None:
-        now = time.time()
-        while inbox.messages:
-            expires, message, shared = inbox.messages.popleft()
+    def _take(self, channel: str, inbox: Mailbox, now: float) -> dict[str, Any] | None:
+        """The first message of ``inbox`` alive at ``now``, the receiver's own: a
+        message a group's members share is copied as it is taken, so that the copies
+        live only while a consumer holds them."""
+        messages = inbox.messages
+        while messages:
+            expires, queued, make = messages.popleft()
             if expires >= now:
-                self._forget_if_idle(channel, inbox)
-                return message, shared
+                if not messages and not inbox.memberships:
+                    self._forget_if_idle(channel, inbox)
+                return queued if make is None else make(queued)
         return None
 
     def _forget_if_idle(self, channel: str, inbox: Mailbox) -> None:
         if inbox.idle and self._inboxes.get(channel) is inbox:
             del self._inboxes[channel]
 
-    def _sweep(self) -> None:
-        """Drop the expired messages of every channel, read or not, once a second."""
-        now = time.time()
-        if now < self._next_sweep:
-            return
+    def _sweep(self, now: float) -> None:
+        """Drop the expired messages of every channel, read or not (once a second)."""
         self._next_sweep = now + _SWEEP_INTERVAL
         with self._lock:
-            for channel, inbox in list(self._inboxes.items()):
-                while inbox.messages and inbox.messages[0][0] < now:
-                    inbox.messages.popleft()
-                self._forget_if_idle(channel, inbox)
+            idle = []
+            for channel, inbox in self._inboxes.items():
+                messages = inbox.messages
+                while messages and messages[0][0] < now:
+                    messages.popleft()
+                if not messages and not inbox.memberships and inbox.idle:
+                    idle.append(channel)
+            for channel in idle:
+                del self._inboxes[channel]
 
-    def _put(
-        self,
-        channel: str,
-        expires: float,
-        message: dict[str, Any],
-        *,
-        strict: bool,
-        shared: bool = False,
-    ) -> bool:
-        """Queue ``message`` on a local channel; return False where it was full (and
-        the message dropped), or raise ``ChannelFull`` if ``strict``. A ``shared``
-        message (one a group's members all receive) is copied when taken, so that
-        each receiver has its own and the copies live only while a consumer holds
-        them."""
+    def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> bool:
+        """Queue ``message`` (the receiver's own) on a local channel; return False where
+        it was full (and the message dropped), or raise ``ChannelFull`` if ``strict``."""
+        running = running_loop()
         with self._lock:
-            inbox = self._inbox(channel)
-            if len(inbox.messages) < inbox.capacity:
-                inbox.messages.append((expires, message, shared))
-                inbox.wake_one()
+            if not self._inbox(channel).put([(expires, message, None)], running):
                 return True
         if strict:
             raise ChannelFull(channel)
@@ -275,7 +291,14 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """Add ``channel`` to ``group``; return once the group's events are received."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        self._groups.setdefault(group, {})[channel] = time.time()
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = Group()
+        # Whether the member is a channel of this layer is known from here on: its
+        # group's messages are put straight in its mailbox.
+        here = "!" in channel and channel.split("!", 1)[0] in self._my_inboxes
+        with self._lock:
+            members.add(channel, self._inbox(channel) if here else None, time.time())
         try:
             await asyncio.shield(
                 self._start_reader(group, self._route_broker_group, strict=True).ready
@@ -291,7 +314,10 @@ class BroadcastChannelLayer(BaseChannelLayer):
         members = self._groups.get(group)
         if members is None:
             return
-        members.pop(channel, None)
+        with self._lock:
+            box = members.remove(channel)
+            if box is not None:
+                self._forget_if_idle(channel, box)
         if not members:
             del self._groups[group]
             reader = self._readers.pop(group, None)
@@ -325,58 +351,86 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 del echoes[next(iter(echoes))]
             # Through the codec, as members elsewhere receive it.
             codec = self.broadcast.codec
-            self._route_group(replace(event, data=codec.decode(codec.encode(data))))
+            self._route_group([replace(event, data=codec.decode(codec.encode(data)))])
         finally:
             self._sending[group] -= 1
             if not self._sending[group]:
                 del self._sending[group]
-                for held in self._held.pop(group, ()):
+                held = self._held.pop(group, None)
+                if held:
                     self._route_broker_group(held)
 
     # Readers -----------------------------------------------------------------------
 
-    def _start_reader(
-        self, name: str, route: Callable[[Event], None], *, strict: bool = False
-    ) -> Reader:
+    def _start_reader(self, name: str, route: Route, *, strict: bool = False) -> Reader:
         """The reader of broadcast channel ``name``, started if it is not running."""
         reader = self._readers.get(name)
         if reader is None or not reader.alive:
-            reader = self._readers[name] = Reader(self, name, route, strict)
+            reader = self._readers[name] = Reader(self.broadcast, name, route, strict)
         return reader
 
-    def _route_broker_group(self, event: Event) -> None:
-        """Route a group event from the broker, unless it was routed here at send
-        (held while a send to its group is out)."""
-        if event.channel in self._sending:
-            self._held.setdefault(event.channel, []).append(event)
-        elif not self._echoes or self._echoes.pop((event.channel, event.id), True) is not None:
-            self._route_group(event)
+    def _route_broker_group(self, events: list[Event]) -> None:
+        """Route a group's events from the broker, but those routed here at send (held
+        while a send to the group is out)."""
+        group = events[0].channel
+        if group in self._sending:
+            self._held.setdefault(group, []).extend(events)
+            return
+        echoes = self._echoes
+        if echoes:
+            events = [event for event in events if echoes.pop((group, event.id), True) is not None]
+            if not events:
+                return
+        self._route_group(events)
 
-    def _route_group(self, event: Event) -> None:
-        group = self._groups.get(event.channel)
-        if not group:
+    def _route_group(self, events: list[Event]) -> None:
+        """Hand the events of one group to its members here: each member's mailbox
+        gets them (or a receiver waiting on it, at once) under one hold of the lock.
+        The message of each event is built once and copied per member as it is
+        received; for a group of one, built as it is received."""
+        name = events[0].channel
+        group = self._groups.get(name)
+        if group is None:  # a group is dropped with its last member
             return
         now = time.time()
-        joined_before = now - self.group_expiry
-        for member in [member for member, joined in group.items() if joined < joined_before]:
-            del group[member]  # its membership expired (group_expiry)
-        if not group:
-            del self._groups[event.channel]
-            self._release(event.channel)
-            return
-        members = list(group)
-        message = member_message(event)
+        if group.earliest < now - self.group_expiry:
+            with self._lock:
+                for member, box in group.expire(now - self.group_expiry):
+                    if box is not None:
+                        self._forget_if_idle(member, box)
+            if not group:
+                del self._groups[name]
+                self._release(name)
+                return
         expires = now + self.expiry
+        boxes = group.boxes  # changed only under the lock
+        entries: list[Entry]
+        if len(boxes) > 1 or group.elsewhere:
+            # Shared: each message is built once, and copied as each member takes it.
+            messages = [member_message(event) for event in events]
+            entries = [(expires, message, copier(message)) for message in messages]
+        else:
+            # One member: its messages are built as it takes them. Until then it holds
+            # the events (which live anyway), so nothing made here outlives a read.
+            messages = []
+            if len(events) == 1:  # the usual batch of a group of one
+                entries = [(expires, events[0], member_message)]
+            else:
+                entries = [(expires, event, member_message) for event in events]
+        running = asyncio.get_running_loop()
         full = 0
-        for member in members:
-            if "!" in member and member.split("!", 1)[0] in self._my_inboxes:
-                full += not self._put(member, expires, message, strict=False, shared=True)
-            else:  # send() copies it
-                asyncio.get_running_loop().create_task(self._forward(member, message))
+        with self._lock:
+            for box in boxes.values():
+                if box.put(entries, running):
+                    full += 1
+        if group.elsewhere:
+            loop = asyncio.get_running_loop()
+            for member in list(group.elsewhere):  # send() copies the messages
+                task = loop.create_task(self._forward(member, messages))
+                self._forwarding.add(task)
+                task.add_done_callback(self._forwarding.discard)
         if full:  # as channels_redis says it
-            logger.info(
-                "%d of %d channels over capacity in group %s", full, len(members), event.channel
-            )
+            logger.info("%d of %d channels over capacity in group %s", full, len(group), name)
 
     def _release(self, group: str) -> None:
         """Stop the reader of ``group``, whose last membership expired, from its own
@@ -387,22 +441,36 @@ class BroadcastChannelLayer(BaseChannelLayer):
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
 
-    async def _forward(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            await self.send(channel, message)
-        except ChannelFull:
-            logger.warning("channel %r is full: group message dropped", channel)
-        except BroadcastError as exc:  # the broker is away, or it has no queues
-            logger.warning("a group message to channel %r was dropped: %s", channel, exc)
+    async def _forward(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Send a group's messages, in order, to a member that is not a channel of this
+        layer."""
+        for message in messages:
+            try:
+                await self.send(channel, message)
+            except ChannelFull:
+                logger.warning("channel %r is full: group message dropped", channel)
+            except BroadcastError as exc:  # the broker is away, or it has no queues
+                logger.warning("a group message to channel %r was dropped: %s", channel, exc)
 
-    def _route_inbox(self, event: Event) -> None:
-        if event.type != SEND_TYPE or not isinstance(event.data, dict):
-            return
-        data = event.data
-        if data.get("expires", 0) < time.time():
-            return
-        if not self._put(data["to"], data["expires"], decode_bytes(data["message"]), strict=False):
-            logger.warning("channel %r is full: a message sent to it was dropped", data["to"])
+    def _route_inbox(self, events: list[Event]) -> None:
+        for event in events:
+            if event.type != SEND_TYPE or not isinstance(event.data, dict):
+                continue
+            data = event.data
+            to = data.get("to")
+            if (
+                not isinstance(to, str)
+                or to.partition("!")[0] not in self._my_inboxes
+                or "!" not in to
+            ):
+                # Only channels of this layer get a mailbox (receive() trusts one).
+                logger.warning("an inbox message for %r, not a channel here, was dropped", to)
+                continue
+            if data.get("expires", 0) < time.time():
+                continue
+            message = decode_bytes(data["message"])
+            if not self._put(to, data["expires"], message, strict=False):
+                logger.warning("channel %r is full: a message sent to it was dropped", to)
 
     # Flush and close ---------------------------------------------------------------
 
@@ -410,13 +478,13 @@ class BroadcastChannelLayer(BaseChannelLayer):
         """Drop every queued message (of the plain channels this layer used too),
         group membership and subscription."""
         readers, self._readers = self._readers, {}
-        self._groups = {}
         queues, self._queues = self._queues, set()
-        await _gather(self.broadcast.aqueue_clear(self._queue_name(name)) for name in queues)
-        with self._lock:
+        with self._lock:  # the groups hold mailboxes: both go at once
+            self._groups = {}
             inboxes, self._inboxes = self._inboxes, {}
             for inbox in inboxes.values():
                 inbox.wake_all()  # waiting receivers start over on the emptied layer
+        await _gather(self.broadcast.aqueue_clear(self._queue_name(name)) for name in queues)
         await _gather(reader.stop() for reader in readers.values())
 
     async def close(self) -> None:

@@ -5,47 +5,111 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Mailbox", "running_loop"]
+__all__ = ["Entry", "Mailbox", "running_loop"]
+
+#: A queued message: (expires, what was queued, how to make the receiver's message of
+#: it): None where the queued message is the receiver's own already, else a function
+#: of what was queued (a group's message is copied, or built from its event, as it is
+#: taken, so that the copies live only while a consumer holds them).
+Entry = tuple[float, Any, Callable[[Any], dict[str, Any]] | None]
 
 
 class Mailbox:
-    """The local queue of one channel: messages with their expiry, and waiters."""
+    """The local queue of one channel: messages with their expiry, and waiters.
 
-    __slots__ = ("capacity", "messages", "waiters")
+    ``memberships`` counts the groups the channel is a member of: a mailbox is kept
+    while it has any, so that a group's router holds its members' mailboxes and a
+    member's mailbox is not made anew each time it is emptied.
+    """
 
-    def __init__(self, capacity: int) -> None:
+    __slots__ = ("capacity", "memberships", "messages", "reader", "waiters")
+
+    def __init__(self, capacity: int, reader: str) -> None:
         self.capacity = capacity
-        #: (expires, message, shared): a shared message is copied as it is taken.
-        self.messages: deque[tuple[float, dict[str, Any], bool]] = deque()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        #: The broadcast channel of the inbox that serves this channel.
+        self.reader = reader
+        self.memberships = 0
+        self.messages: deque[Entry] = deque()
+        #: Receivers waiting: each future's result is the message handed to it, or
+        #: None where it is to look at the queue again.
+        self.waiters: deque[asyncio.Future[Entry | None]] = deque()
 
     @property
     def idle(self) -> bool:
-        """No message queued and no receiver waiting: nothing to keep it for."""
-        return not self.messages and (
-            not self.waiters or all(waiter.done() for waiter in self.waiters)
+        """In no group, no message queued and no receiver waiting: nothing to keep it
+        for."""
+        return (
+            not self.memberships
+            and not self.messages
+            and (not self.waiters or all(waiter.done() for waiter in self.waiters))
         )
 
-    def wake_all(self) -> None:
-        while self.waiters:
-            self.wake_one()
+    def put(self, entries: Sequence[Entry], running: asyncio.AbstractEventLoop | None) -> int:
+        """Queue ``entries``, in order, or hand them straight to the receivers
+        waiting on the running loop ``running`` while the queue is empty; return how
+        many were dropped because the queue was full. Call with the layer's lock
+        held."""
+        messages = self.messages
+        count = len(entries)
+        handed = 0
+        if not messages:
+            waiters = self.waiters
+            while waiters and handed < count:
+                waiter = waiters[0]
+                if waiter.done():
+                    waiters.popleft()
+                elif waiter.get_loop() is running:
+                    waiters.popleft()
+                    waiter.set_result(entries[handed])
+                    handed += 1
+                else:  # a receiver on another loop is woken to look at the queue
+                    break
+            if handed == count:
+                return 0
+            if handed:
+                entries = entries[handed:]
+                count -= handed
+        room = self.capacity - len(messages)
+        if room >= count:
+            messages.extend(entries)
+        elif room > 0:
+            messages.extend(entries[:room])
+        if self.waiters and room > 0:
+            self.wake(running, min(count, room))
+        return max(count - max(room, 0), 0)
 
-    def wake_one(self) -> None:
+    def wake_all(self) -> None:
+        running = running_loop()
+        while self.waiters:
+            self.wake_one(running)
+
+    def wake(self, running: asyncio.AbstractEventLoop | None, count: int) -> None:
+        """Wake up to ``count`` receivers (one per message just queued)."""
+        self.wake_one(running)
+        while count > 1 and self.waiters:
+            count -= 1
+            self.wake_one(running)
+
+    def wake_one(self, running: asyncio.AbstractEventLoop | None) -> None:
+        """Wake the first receiver still waiting; ``running`` is the running loop
+        (None outside one), passed in so that a router waking thousands looks it up
+        once."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if waiter.done():
                 continue
             loop = waiter.get_loop()
-            if running_loop() is loop:
+            if running is loop:
                 waiter.set_result(None)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, waiter)
             return
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
+def _resolve(waiter: asyncio.Future[Entry | None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 

@@ -8,12 +8,20 @@ fresh copy of the message, never a dict shared with another consumer.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from ..codec import BYTES_TAG, tag_bytes
 from ..events import Event
 
-__all__ = ["SEND_TYPE", "decode_bytes", "encode_bytes", "fresh_copy", "member_message"]
+__all__ = [
+    "SEND_TYPE",
+    "copier",
+    "decode_bytes",
+    "encode_bytes",
+    "fresh_copy",
+    "member_message",
+]
 
 #: The event type of a ``send()`` to another process's channel.
 SEND_TYPE = "channels.send"
@@ -36,12 +44,17 @@ def decode_bytes(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get(BYTES_TAG), str):
             return base64.b64decode(value[BYTES_TAG])
-        return {key: decode_bytes(item) for key, item in value.items()}
+        if _ATOMS.issuperset(map(type, value.values())):
+            return value.copy()  # leaves only: no tag inside
+        return {
+            key: item if type(item) in _ATOMS else decode_bytes(item) for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [decode_bytes(item) for item in value]
+        return [item if type(item) in _ATOMS else decode_bytes(item) for item in value]
     return value
 
 
+#: The types of the immutable leaves, which copies share.
 _ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
 
 
@@ -67,3 +80,32 @@ def member_message(event: Event) -> dict[str, Any]:
         message.update(data)
     message["type"] = event.type
     return message
+
+
+def copier(message: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that makes a member's own copy of the group message ``message``: a
+    new dict whose values that are not immutable leaves are copied too (a dict or list
+    of leaves at one level, anything deeper with :func:`fresh_copy`). What to copy is
+    worked out here, once per message, not per member."""
+    flat: list[str] = []
+    deep: list[str] = []
+    for key, value in message.items():
+        kind = type(value)
+        if kind in _ATOMS:
+            continue
+        if kind is dict:
+            value = value.values()
+        elif kind is not list:
+            deep.append(key)
+            continue
+        (flat if _ATOMS.issuperset(map(type, value)) else deep).append(key)
+
+    def copy(original: dict[str, Any]) -> dict[str, Any]:
+        copied = original.copy()
+        for key in flat:
+            copied[key] = copied[key].copy()
+        for key in deep:
+            copied[key] = fresh_copy(copied[key])
+        return copied
+
+    return copy

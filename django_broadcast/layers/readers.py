@@ -1,4 +1,5 @@
-"""The layer's persistent subscriptions, each with the task that routes its events."""
+"""The layer's persistent subscriptions: the hub hands their events straight to the
+layer's routers, with no task of their own reading them."""
 
 from __future__ import annotations
 
@@ -10,19 +11,25 @@ from typing import TYPE_CHECKING
 
 from ..events import GAP, Event
 from ..exceptions import BroadcastUnavailable, SubscriptionClosed
+from ..hub import backoff
 from .mailboxes import running_loop
 
 if TYPE_CHECKING:
-    from .layer import BroadcastChannelLayer
+    from ..broadcast import Broadcast
+    from ..hub import Hub
 
-__all__ = ["Reader"]
+__all__ = ["Reader", "Route"]
 
 logger = logging.getLogger("django_broadcast.layers")
 
+#: A router of the layer: takes the events of one broadcast channel, in order.
+Route = Callable[[list[Event]], None]
+
 
 class Reader:
-    """One persistent broadcast subscription of the layer, and the task that routes its
-    events.
+    """One persistent broadcast subscription of the layer: a subscriber of the hub
+    (its ``Subscriber`` protocol) whose events go straight to ``route``, in the hub's
+    fan-out, without a queue or a task between them.
 
     The subscription outlives broker outages of any length: the core's reconnect
     policy keeps it, with a gap notice (logged here) once the broker is back. A
@@ -31,51 +38,124 @@ class Reader:
     ``ready``; the others wait for the broker (``new_channel()`` never needs it).
     """
 
-    def __init__(
-        self, layer: BroadcastChannelLayer, name: str, route: Callable[[Event], None], strict: bool
-    ) -> None:
-        self.layer = layer
+    patterns: tuple[str, ...] = ()
+    persistent = True
+
+    def __init__(self, broadcast: Broadcast, name: str, route: Route, strict: bool) -> None:
         self.name = name
+        self.channels: tuple[str, ...] = (name,)
         self.route = route
         self.strict = strict
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ready.add_done_callback(_retrieve)
-        self.task = self.loop.create_task(self._run())
+        self._hubs = broadcast._hubs
+        self._hub: Hub | None = None
+        self._ended = False
+        #: The task that attaches it to the hub, until it has.
+        self._opening: asyncio.Task[None] | None = self.loop.create_task(self._open())
+
+    def __repr__(self) -> str:
+        return f"<layer subscription {self.name}>"
 
     @property
     def alive(self) -> bool:
-        return not self.task.done() and not self.loop.is_closed()
+        """Whether it is (or is about to be) subscribed, on a loop still open."""
+        return not self._ended and not self.loop.is_closed()
 
-    async def _run(self) -> None:
-        subscription = self.layer.broadcast.subscribe(self.name, persistent=True)
+    async def _open(self) -> None:
+        """Attach to the running loop's hub; without ``strict``, again and again, with
+        the hub's backoff, until the broker answers."""
+        delays = backoff()
         try:
-            await subscription.open(wait=not self.strict)
-        except BroadcastUnavailable as exc:
-            self.ready.set_exception(exc)
-            return
-        self.ready.set_result(None)
-        try:
-            async for event in subscription:
-                if event.type == GAP:
-                    logger.warning("channel layer missed events on %r: %s", self.name, event.data)
-                    continue
+            while True:
+                hub = self._hubs.current()
                 try:
-                    self.route(event)
-                except Exception:
-                    logger.exception("could not route an event of %r", self.name)
-        except SubscriptionClosed as exc:  # the listener itself failed: logged by the hub
+                    await hub.attach(self)
+                except BroadcastUnavailable as exc:
+                    if self.strict:
+                        raise
+                    delay = next(delays)
+                    logger.debug("%r: %s; again in %.2f s", self, exc, delay)
+                    await asyncio.sleep(delay)
+                else:
+                    self._hub = hub
+                    self._opening = None  # done: one object less per subscription
+                    self.ready.set_result(None)
+                    return
+        except BaseException as exc:
+            self._ended = True
+            if not self.ready.done():
+                self.ready.set_exception(
+                    SubscriptionClosed(f"{self!r} was released")
+                    if isinstance(exc, asyncio.CancelledError)
+                    else exc
+                )
+            if not isinstance(exc, Exception):
+                raise
+
+    # The hub's Subscriber protocol -----------------------------------------------
+
+    def _put(self, event: Event) -> None:
+        self._put_many([event])
+
+    def _put_many(self, events: list[Event]) -> None:
+        """Route the events of this channel (called by the hub's fan-out)."""
+        if self._ended:
+            return
+        for event in events:
+            if event.type == GAP:
+                logger.warning("channel layer missed events on %r: %s", self.name, event.data)
+                events = [event for event in events if event.type != GAP]
+                if not events:
+                    return
+                break
+        try:
+            self.route(events)
+        except Exception:
+            logger.exception("could not route an event of %r", self.name)
+
+    def _close(self, exc: BaseException | None) -> None:
+        """Ended by the hub: its alias closed (``exc`` None) or its listener failed."""
+        if self._ended:
+            return
+        self._ended = True
+        self._hub = None
+        if exc is not None:
             logger.error("channel layer subscription of %r ended: %s", self.name, exc)
-        finally:
-            await subscription.aclose()
+
+    # Stopping -------------------------------------------------------------------
 
     async def stop(self) -> None:
+        """Leave the hub (from any thread)."""
         if self.loop is running_loop():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            await self._stop()
         elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.task.cancel)
+            self.loop.call_soon_threadsafe(_stop_soon, self)
+
+    async def _stop(self) -> None:
+        self._ended = True
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await opening
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            try:
+                await hub.detach(self)
+            except Exception:  # the broker may be away: the hub releases what it can
+                logger.debug("releasing %r failed", self, exc_info=True)
+
+
+#: Stops asked for from another thread, kept until done.
+_stopping: set[asyncio.Task[None]] = set()
+
+
+def _stop_soon(reader: Reader) -> None:
+    task = reader.loop.create_task(reader._stop())
+    _stopping.add(task)
+    task.add_done_callback(_stopping.discard)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
