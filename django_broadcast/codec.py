@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -52,6 +53,10 @@ class JSONCodec:
             separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
         self._decoder = json.JSONDecoder()
+        # The decoder's scanner, called directly: what json.loads does, without its
+        # two Python frames and two whitespace matches (a payload this codec wrote has
+        # no whitespace around it; any other goes the long way).
+        self._scan: Callable[[str, int], tuple[Any, int]] = self._decoder.scan_once  # type: ignore[attr-defined]
 
     def encode(self, obj: Any) -> bytes:
         """Encode ``obj`` to UTF-8 JSON bytes."""
@@ -59,7 +64,14 @@ class JSONCodec:
 
     def decode(self, data: bytes) -> Any:
         """Decode UTF-8 JSON bytes."""
-        return self._decoder.decode(data.decode())
+        text = data.decode()
+        try:
+            obj, end = self._scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            return self._decoder.decode(text)
+        return obj
 
 
 class MsgpackCodec:

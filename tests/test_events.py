@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -34,3 +35,19 @@ def test_json_codec_round_trip() -> None:
     encoded = codec.encode(data)
     assert encoded == '{"text":"h\u00e9llo \u2603","n":[1,2.5,null,true]}'.encode()
     assert codec.decode(encoded) == data
+
+
+@pytest.mark.parametrize(
+    ("payload", "decoded"),
+    [(b' {"a": 1} \n', {"a": 1}), (b"7", 7), (b'"x"', "x"), (b"[]", [])],
+)
+def test_json_codec_reads_json_from_other_writers(payload: bytes, decoded: object) -> None:
+    """Another publisher's JSON (spaces around it, any value) reads as it would with
+    ``json.loads``."""
+    assert JSONCodec().decode(payload) == decoded
+
+
+@pytest.mark.parametrize("payload", [b'{"a": 1} x', b'{"a": 1', b"", b"  ", b"nope"])
+def test_json_codec_refuses_what_is_not_one_json_value(payload: bytes) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        JSONCodec().decode(payload)
