@@ -25,7 +25,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ._common import REDIS_URL, Table, machine, rss, streams_url
+from ._common import REDIS_URL, Table, delete_keys, machine, rss, streams_url
 from .e2e import CASES
 from .e2e_websocket import Client, server
 from .fanout import _broadcaster_python
@@ -71,9 +71,12 @@ def websocket_table(connections: int) -> Table:
     """RSS per idle WebSocket connection of one daphne process, per case."""
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
     results = {}
-    for case in ("anchor", "layer", "consumer"):  # the diagnostic cases add nothing here
-        with server(case, prefix) as (port, pid):
-            results[case] = asyncio.run(_connections_rss(case, port, pid, connections))
+    try:
+        for case in ("anchor", "layer", "consumer"):  # the diagnostic cases add nothing here
+            with server(case, prefix) as (port, pid):
+                results[case] = asyncio.run(_connections_rss(case, port, pid, connections))
+    finally:
+        delete_keys(prefix)
     anchor = results["anchor"]
     table = Table(
         f"Memory per idle WebSocket connection, {connections:,} on one daphne process "
@@ -101,10 +104,13 @@ def run(subscribers: int) -> Table:
             REDIS_URL,
         ),
     ]
-    results = {
-        label: _measure(python, kind, url, prefix, subscribers)
-        for label, python, kind, url in cases
-    }
+    try:
+        results = {
+            label: _measure(python, kind, url, prefix, subscribers)
+            for label, python, kind, url in cases
+        }
+    finally:
+        delete_keys(prefix)
     anchor = results["channels_redis pubsub"]
     table = Table(
         f"Memory per idle subscriber, {subscribers:,} subscribers of one channel ({machine()})",
