@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +32,24 @@ logger = logging.getLogger("django_broadcast.hub")
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+class _NoEvents(deque[Event]):
+    """The queue of every subscription that has queued nothing yet: one shared empty
+    deque (an empty deque is most of a kilobyte, and a subscription whose sink takes
+    its events never queues). Whatever would add to it makes the subscription's own."""
+
+    def append(self, event: Event) -> None:
+        raise RuntimeError("the shared empty queue was written to")
+
+    def appendleft(self, event: Event) -> None:
+        raise RuntimeError("the shared empty queue was written to")
+
+    def extend(self, events: Iterable[Event]) -> None:
+        raise RuntimeError("the shared empty queue was written to")
+
+
+_NO_EVENTS = _NoEvents()
 
 
 class Sink(Protocol):
@@ -108,12 +126,13 @@ class Subscription:
         self._maxsize = hubs.config.queue_size
         self._disconnect = hubs.config.overflow == "disconnect"
         self._track = hubs.backend.features.history
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event] = _NO_EVENTS
         # channel -> events dropped since its overflow notice was last read. Those
         # notices come before every queued event.
         self._gaps: dict[str, int] = {}
-        # Replayed history, read before the queue: at most one page.
-        self._replayed: deque[Event] = deque()
+        # Replayed history, read before the queue: at most one page. Made when a
+        # replay starts (an empty deque is most of a kilobyte; most never replay).
+        self._replayed: deque[Event] | None = None
         self._replays: dict[str, _Replay] = {}
         # Whether anything but the queue must be looked at: the fast path's one test.
         self._special = False
@@ -137,7 +156,7 @@ class Subscription:
     def queued(self) -> int:
         """How many events this subscription holds in memory, waiting to be read."""
         held = sum(len(replay.held) for replay in self._replays.values())
-        return len(self._queue) + len(self._replayed) + len(self._gaps) + held
+        return len(self._queue) + len(self._replayed or ()) + len(self._gaps) + held
 
     @property
     def pending(self) -> bool:
@@ -211,7 +230,7 @@ class Subscription:
     def _reset(self) -> None:
         """Forget a failed attempt to open, so that it can be made again."""
         self._replays.clear()
-        self._replayed.clear()
+        self._replayed = None
         self._queue.clear()
         self._gaps.clear()
         self._special = False
@@ -374,6 +393,8 @@ class Subscription:
             for event in events:  # the slow path: overflow handling, one at a time
                 self._enqueue(event)
             return
+        if queue is _NO_EVENTS:
+            queue = self._queue = deque()
         queue.extend(events)
         self._wake()
 
@@ -385,6 +406,8 @@ class Subscription:
         if len(self._queue) >= self._maxsize:
             self._overflow(event)
             return
+        if self._queue is _NO_EVENTS:
+            self._queue = deque()
         self._queue.append(event)
         self._wake()
 
@@ -491,10 +514,15 @@ class Subscription:
         self._take_page(channel, page.messages, self._maxsize)
         self._refresh_special()
 
+    def _replay_queue(self) -> deque[Event]:
+        if self._replayed is None:
+            self._replayed = deque()
+        return self._replayed
+
     def _replay_gap(self, channel: str, since: str) -> None:
         self.recovered = False
         self._hubs.counters.gaps += 1
-        self._replayed.append(gap_event(channel, "history", since=since))
+        self._replay_queue().append(gap_event(channel, "history", since=since))
 
     def _take_page(self, channel: str, messages: Sequence[Message], limit: int) -> None:
         """Queue a page of history, up to the replay's target: every later event
@@ -507,7 +535,7 @@ class Subscription:
             if key > replay.target:
                 done = True
                 break
-            self._replayed.append(self._decode(message))
+            self._replay_queue().append(self._decode(message))
             replay.cursor = message.id
             if key == replay.target:
                 done = True

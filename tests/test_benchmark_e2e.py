@@ -4,10 +4,14 @@ ladder reads its runs the way the table says."""
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .conftest import REDIS_URL, require_broker
+
+if TYPE_CHECKING:
+    from benchmarks.e2e_websocket import Round
 
 
 def test_e2e_websocket_benchmark_runs() -> None:
@@ -22,7 +26,7 @@ def test_e2e_websocket_benchmark_runs() -> None:
     assert "target: BroadcastWebsocketConsumer on uvicorn >= 0.5x the ceiling" in table
 
 
-def rounds(rate: float, p99s: list[float], lost: int = 0) -> list[object]:
+def rounds(rate: float, p99s: list[float], lost: int = 0) -> list[Round]:
     from benchmarks.e2e_websocket import Round
 
     runs = []
@@ -36,9 +40,9 @@ def rounds(rate: float, p99s: list[float], lost: int = 0) -> list[object]:
 def test_a_rate_is_judged_on_the_median_of_its_runs() -> None:
     from benchmarks.e2e_websocket import Rate
 
-    assert Rate(10.0, rounds(10.0, [20.0, 500.0, 60.0])).sustained  # type: ignore[arg-type]
-    assert not Rate(10.0, rounds(10.0, [20.0, 500.0, 160.0])).sustained  # type: ignore[arg-type]
-    assert not Rate(10.0, rounds(10.0, [1.0, 1.0, 1.0], lost=1)).sustained  # type: ignore[arg-type]
+    assert Rate(10.0, rounds(10.0, [20.0, 500.0, 60.0])).sustained
+    assert not Rate(10.0, rounds(10.0, [20.0, 500.0, 160.0])).sustained
+    assert not Rate(10.0, rounds(10.0, [1.0, 1.0, 1.0], lost=1)).sustained
 
 
 def test_the_ladder_stops_after_two_misses_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +71,7 @@ def test_an_anchor_that_failed_is_not_measured(monkeypatch: pytest.MonkeyPatch) 
     from benchmarks.e2e_websocket import Rate
 
     def fake_measure(rows: list[object], counts: list[int], *args: object) -> object:
-        good = [Rate(5.0, rounds(5.0, [5.0]))]  # type: ignore[arg-type]
+        good = [Rate(5.0, rounds(5.0, [5.0]))]
         return {
             (row.key, count): "failed (no server)" if row.key in ("anchor", "ceiling") else good  # type: ignore[attr-defined]
             for row in rows

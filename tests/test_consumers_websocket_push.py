@@ -9,10 +9,12 @@ its queue's ``OVERFLOW`` applying; a client whose server fails to send is droppe
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
@@ -195,3 +197,31 @@ async def test_a_client_whose_server_fails_to_send_is_dropped(
     finally:
         await gone_ws.disconnect()
         await alive_ws.disconnect()
+
+
+IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+class RoomConsumer(BroadcastWebsocketConsumer):
+    groups = ["room"]  # noqa: RUF012 (Channels reads it as a class attribute)
+
+    async def room_note(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps({"note": message["text"]}))
+
+
+async def test_a_connection_holds_no_channels_layer_unless_its_class_has_groups(
+    memory: Broadcast,
+) -> None:
+    with override_settings(CHANNEL_LAYERS=IN_MEMORY_LAYER):
+        layer = get_channel_layer()
+        assert layer is not None
+        plain = WebsocketCommunicator(BroadcastWebsocketConsumer.as_asgi(), "/broadcast/ws/")
+        assert (await plain.connect(timeout=TIMEOUT))[0]
+        # No channel name received on: nothing is waiting in the layer.
+        assert not layer.channels
+        room = WebsocketCommunicator(RoomConsumer.as_asgi(), "/broadcast/ws/")
+        assert (await room.connect(timeout=TIMEOUT))[0]
+        await layer.group_send("room", {"type": "room.note", "text": "hello"})
+        assert await room.receive_json_from(timeout=TIMEOUT) == {"note": "hello"}
+        await plain.disconnect()
+        await room.disconnect()

@@ -67,6 +67,8 @@ class Sender:
     and ``on_failure`` was called once.
     """
 
+    __slots__ = ("_inflight", "_on_failure", "_outlet", "_send", "failed")
+
     def __init__(self, send: Send, outlet: Outlet, on_failure: Callable[[], None]) -> None:
         self._send = send
         self._outlet = outlet

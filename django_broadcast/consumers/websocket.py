@@ -48,6 +48,7 @@ import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import DEFAULT_CHANNEL_LAYER
 from django.contrib.auth.models import AnonymousUser
 
 from .. import auth
@@ -62,7 +63,7 @@ from ..exceptions import (
 from ..registry import broadcasts
 from ..subscription import Subscription
 from .frames import websocket_message
-from .outlet import SERVER_SEND, Outlet
+from .outlet import Outlet, server_send
 from .sending import Sender
 from .settings import ClientSettings, client_settings
 
@@ -122,6 +123,17 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
 
     subscriptions: dict[str, Subscription]
 
+    #: None: the consumer needs no Channels layer, so a connection holds none (no
+    #: channel name, no pending receive). A subclass that uses one (``groups``, or
+    #: handlers of ``group_send`` messages) names the layer's alias here; one that
+    #: sets ``groups`` gets the default layer.
+    channel_layer_alias: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.groups and cls.channel_layer_alias is None:
+            cls.channel_layer_alias = DEFAULT_CHANNEL_LAYER
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.subscriptions = {}
         self._counted: Broadcast | None = None
@@ -141,10 +153,9 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         """Accept, then subscribe to :meth:`get_channels` (each authorized)."""
         self.settings: ClientSettings = client_settings()
         self.broadcast: Broadcast = broadcasts[self.settings.using]
-        self.outlet = Outlet(self.scope, self.settings.max_buffer)
-        self._sender = Sender(
-            self.scope.get(SERVER_SEND) or self.base_send, self.outlet, self._client_gone
-        )
+        send = server_send()
+        self.outlet = Outlet(send, self.settings.max_buffer)
+        self._sender = Sender(send or self.base_send, self.outlet, self._client_gone)
         await self.accept()
         self._counted = self.broadcast
         self.broadcast.counters.websocket_connections += 1
