@@ -225,3 +225,39 @@ async def test_a_connection_holds_no_channels_layer_unless_its_class_has_groups(
         assert await room.receive_json_from(timeout=TIMEOUT) == {"note": "hello"}
         await plain.disconnect()
         await room.disconnect()
+
+
+async def test_the_websocket_routing_hands_its_consumers_the_servers_own_send(
+    memory: Broadcast,
+) -> None:
+    from django.urls import path
+
+    from django_broadcast.routing import websocket_router
+
+    seen: dict[str, Any] = {}
+
+    async def probe(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.update(send=send, scope=scope)
+        await send({"type": "websocket.close"})
+
+    async def server_send(message: dict[str, Any]) -> None:
+        seen.setdefault("sent", []).append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    scope = {
+        "type": "websocket", "path": "/probe/",
+        "headers": [(b"cookie", b"sessionid=nope"), (b"origin", b"http://127.0.0.1")],
+        "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    with override_settings(ALLOWED_HOSTS=["*"]):
+        router = websocket_router([path("probe/", probe)])  # type: ignore[arg-type]
+        await asyncio.wait_for(router(scope, receive, server_send), TIMEOUT)
+    # No middleware wraps the send of a WebSocket: a session is saved on HTTP
+    # responses only, and a wrapper would cost every frame a call.
+    assert seen["send"] is server_send
+    assert seen["sent"] == [{"type": "websocket.close"}]
+    assert seen["scope"]["cookies"] == {"sessionid": "nope"}
+    assert seen["scope"]["session"].session_key is None  # no such session
+    assert not seen["scope"]["user"].is_authenticated
