@@ -60,6 +60,10 @@ ROOT = Path(__file__).resolve().parent.parent
 P99_LIMIT_MS = 100.0
 DRAIN = 5.0
 MISSES = 2  # rates in a row not sustained before a row stops
+#: Set to "1" (``--deflate``), the clients offer permessage-deflate, as browsers do.
+#: Off by default: uvicorn and the ceiling would accept it and compress every frame for
+#: every client, daphne declines it, so the rows would not send the same bytes.
+DEFLATE = "E2E_DEFLATE"
 TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
@@ -185,7 +189,7 @@ def server(
         command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
                    "--port", str(port), "--log-level", "warning", "--lifespan", "auto"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=ROOT, env={**case_env(case, prefix, baseline), **(env or {})},
+        command, cwd=baseline or ROOT, env={**case_env(case, prefix, baseline), **(env or {})},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -221,8 +225,9 @@ class Client:
 
     async def connect(self) -> None:
         self.connection = await websockets.connect(
-            self.url, origin=self.origin, max_queue=None, open_timeout=30
-        )
+            self.url, origin=self.origin, max_queue=None, open_timeout=30,
+            compression="deflate" if os.environ.get(DEFLATE) == "1" else None,
+        )  # fmt: skip
         if self.case == "consumer":
             await self.connection.send(json.dumps({"op": "subscribe", "channel": "bench"}))
             reply = json.loads(await asyncio.wait_for(self.connection.recv(), 30))
@@ -428,7 +433,12 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(row.key for row in ROWS))
     parser.add_argument("--baseline", help="also run BroadcastWebsocketConsumer from this checkout")
     parser.add_argument("--quick", action="store_true", help="5 clients, rates 5,10, 1 s")
+    parser.add_argument(
+        "--deflate", action="store_true", help="clients offer permessage-deflate, as browsers do"
+    )
     args = parser.parse_args()
+    if args.deflate:
+        os.environ[DEFLATE] = "1"
     chosen = args.rows.split(",")
     rows = [row for row in ROWS if row.key in chosen]
     if args.baseline:
