@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -49,7 +50,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import websockets
 
@@ -212,44 +213,132 @@ def server(
             process.wait()
 
 
+class _Lean(asyncio.Protocol):
+    """The client side of one WebSocket, kept as cheap as can be, so that the clients
+    are not what limits the servers: the handshake, then frames parsed by hand (a
+    server's frames are not masked), pings answered, text frames handed on."""
+
+    def __init__(self, request: bytes, on_text: Callable[[bytes], None]) -> None:
+        self.request = request
+        self.on_text = on_text
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        """A client frame: masked, with a mask of zeros (allowed, and nothing to do)."""
+        assert self.transport is not None and len(payload) < 126
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + bytes(4) + payload)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.opened.done():
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in buffer[: buffer.find(b"\r\n")]:
+                self.opened.set_exception(ConnectionError(bytes(buffer[:end]).decode()))
+                return
+            del buffer[: end + 4]
+            self.opened.set_result(None)
+        start = 0
+        size = len(buffer)
+        while size - start >= 2:
+            opcode, length = buffer[start] & 0x0F, buffer[start + 1] & 0x7F
+            head = 2
+            if length == 126:
+                head, length = 4, int.from_bytes(buffer[start + 2 : start + 4], "big")
+            elif length == 127:
+                head, length = 10, int.from_bytes(buffer[start + 2 : start + 10], "big")
+            if size - start < head + length:
+                break
+            payload = bytes(buffer[start + head : start + head + length])
+            start += head + length
+            if opcode == 1:
+                self.on_text(payload)
+            elif opcode == 9:  # ping
+                self.send(10, payload)
+            elif opcode == 8 and self.transport is not None:  # close
+                self.transport.close()
+        del buffer[:start]
+
+
 class Client:
     """One WebSocket client: connects, subscribes, records each event's latency."""
 
     def __init__(self, case: str, port: int) -> None:
         self.case = case
-        self.url = f"ws://127.0.0.1:{port}/" + ("broadcast/ws/" if case == "consumer" else "bench/")
-        self.origin = websockets.Origin(f"http://127.0.0.1:{port}")
-        self.connection: websockets.ClientConnection | None = None
+        self.port = port
+        self.path = "/broadcast/ws/" if case == "consumer" else "/bench/"
         self.received: dict[int, float] = {}  # n -> latency in ms
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.protocol: _Lean | None = None
+        self.connection: websockets.ClientConnection | None = None  # with --deflate
         self.task: asyncio.Task[None] | None = None
 
-    async def connect(self) -> None:
-        self.connection = await websockets.connect(
-            self.url, origin=self.origin, max_queue=None, open_timeout=30,
-            compression="deflate" if os.environ.get(DEFLATE) == "1" else None,
-        )  # fmt: skip
+    def _take(self, text: bytes | str) -> None:
+        now = time.time_ns()
+        frame = json.loads(text)
         if self.case == "consumer":
-            await self.connection.send(json.dumps({"op": "subscribe", "channel": "bench"}))
-            reply = json.loads(await asyncio.wait_for(self.connection.recv(), 30))
+            if frame.get("op") != "event":
+                self.replies.put_nowait(frame)
+                return
+            frame = frame["data"]
+        if frame["n"] >= 0:
+            self.received[frame["n"]] = (now - frame["t"]) / 1e6
+
+    async def connect(self) -> None:
+        subscribe = json.dumps({"op": "subscribe", "channel": "bench"})
+        if os.environ.get(DEFLATE) == "1":  # the library's client, which can inflate
+            url = f"ws://127.0.0.1:{self.port}{self.path}"
+            origin = websockets.Origin(f"http://127.0.0.1:{self.port}")
+            self.connection = await websockets.connect(
+                url, origin=origin, max_queue=None, open_timeout=30, compression="deflate"
+            )
+            self.task = asyncio.get_running_loop().create_task(self._read())
+            if self.case == "consumer":
+                await self.connection.send(subscribe)
+        else:
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = (
+                f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{self.port}\r\n\r\n"
+            )
+            loop = asyncio.get_running_loop()
+            _, self.protocol = await loop.create_connection(
+                lambda: _Lean(request.encode(), self._take), "127.0.0.1", self.port
+            )
+            await asyncio.wait_for(self.protocol.opened, 30)
+            if self.case == "consumer":
+                self.protocol.send(1, subscribe.encode())
+        if self.case == "consumer":
+            reply = await asyncio.wait_for(self.replies.get(), 30)
             if reply.get("op") != "subscribed":
                 raise RuntimeError(f"subscribe refused: {reply}")
-        self.task = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
         assert self.connection is not None
-        consumer = self.case == "consumer"
         async for text in self.connection:
-            now = time.time_ns()
-            frame = json.loads(text)
-            event = frame["data"] if consumer else frame
-            if event["n"] >= 0:
-                self.received[event["n"]] = (now - event["t"]) / 1e6
+            self._take(text)
 
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
         if self.connection is not None:
             await self.connection.close()
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.send(8, (1000).to_bytes(2, "big"))
+            self.protocol.transport.close()
 
 
 def cpu_seconds(pid: int) -> float:
