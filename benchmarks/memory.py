@@ -1,6 +1,6 @@
 """Memory: resident bytes per idle subscriber and per idle WebSocket connection.
 
-    python -m benchmarks.memory [--subscribers 10000] [--connections 1000]
+    python -m benchmarks.memory [--subscribers 10000] [--connections 1000] [--repeats 3]
 
 Each case runs in a fresh process (``_idle_subscribers.py``): connect, read RSS,
 start N idle subscribers of one channel one after the other (each a task waiting for
@@ -12,7 +12,10 @@ Channels consumer with ``groups`` holds); encode/broadcaster in its own virtuale
 Per idle WebSocket connection: the RSS of one daphne process (the servers of
 ``e2e_websocket``) before and after ``--connections`` clients connect and subscribe,
 for the Channels anchor (channels_redis pub/sub), the same consumer on
-``BroadcastChannelLayer``, and ``BroadcastWebsocketConsumer``.
+``BroadcastChannelLayer``, and ``BroadcastWebsocketConsumer``; ``--repeats`` rounds,
+the cases taking turns in each, printed as median (min-max), and a target row each:
+``BroadcastWebsocketConsumer`` at most the anchor, the Channels consumer on
+``BroadcastChannelLayer`` below it ("not measured" where the anchor failed).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ._common import REDIS_URL, Table, delete_keys, machine, rss, streams_url
+from ._common import REDIS_URL, Spread, Table, delete_keys, machine, rss, streams_url, verdict
 from .e2e import CASES
 from .e2e_websocket import Client, server
 from .fanout import _broadcaster_python
@@ -67,24 +70,38 @@ async def _connections_rss(case: str, port: int, pid: int, connections: int) -> 
         await asyncio.gather(*(c.close() for c in [*warm, *clients]), return_exceptions=True)
 
 
-def websocket_table(connections: int) -> Table:
-    """RSS per idle WebSocket connection of one daphne process, per case."""
+def websocket_table(connections: int, repeats: int = 3) -> Table:
+    """RSS per idle WebSocket connection of one daphne process, per case: ``repeats``
+    rounds, the cases taking turns in each, printed as median (min-max)."""
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
-    results = {}
+    cases = ("anchor", "layer", "consumer")  # the diagnostic cases add nothing here
+    samples: dict[str, list[float]] = {case: [] for case in cases}
     try:
-        for case in ("anchor", "layer", "consumer"):  # the diagnostic cases add nothing here
-            with server(case, prefix) as (port, pid):
-                results[case] = asyncio.run(_connections_rss(case, port, pid, connections))
+        for _ in range(repeats):
+            for case in cases:
+                with server(case, prefix) as (port, pid):
+                    used = asyncio.run(_connections_rss(case, port, pid, connections))
+                samples[case].append(used / 1024)
     finally:
         delete_keys(prefix)
-    anchor = results["anchor"]
+    results = {case: Spread.of(values) for case, values in samples.items()}
+    anchor = results["anchor"].median
     table = Table(
-        f"Memory per idle WebSocket connection, {connections:,} on one daphne process "
-        f"({machine()})",
+        f"Memory per idle WebSocket connection, {connections:,} on one daphne process, "
+        f"{repeats} round(s), median (min-max) ({machine()})",
         ["case", "KiB/connection", "vs anchor"],
     )
-    for case, per in results.items():
-        table.add(CASES[case], f"{per / 1024:.1f}", f"{per / anchor:.2f}x" if anchor > 0 else "-")
+    for case, spread in results.items():
+        ratio = f"{spread.median / anchor:.2f}x" if anchor > 0 else "-"
+        table.add(CASES[case], spread.format(".1f"), ratio)
+    measured = anchor > 0
+    for case, label in (
+        ("consumer", "BroadcastWebsocketConsumer <= the anchor"),
+        ("layer", "Channels consumer on BroadcastChannelLayer < the anchor"),
+    ):
+        kib = results[case].median
+        met = kib <= anchor if case == "consumer" else kib < anchor
+        table.add(f"target: {label}", "", verdict(met if measured else None))
     return table
 
 
@@ -129,10 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(run(args.subscribers).render())
     print()
-    print(websocket_table(args.connections).render())
+    print(websocket_table(args.connections, args.repeats).render())
 
 
 if __name__ == "__main__":

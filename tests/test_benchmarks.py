@@ -95,8 +95,9 @@ def test_memory_per_connection_benchmark_runs_and_deletes_its_keys(
     from benchmarks import memory
 
     prefix = fixed_prefix(monkeypatch, memory)
-    table = memory.websocket_table(connections=3).render()
+    table = memory.websocket_table(connections=3, repeats=1).render()
     assert "BroadcastWebsocketConsumer" in table and "anchor" in table
+    assert "target: BroadcastWebsocketConsumer <= the anchor" in table
     assert keys_under(prefix) == []
 
 
