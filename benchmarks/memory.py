@@ -105,8 +105,9 @@ def websocket_table(connections: int, repeats: int = 3) -> Table:
     return table
 
 
-def run(subscribers: int) -> Table:
-    """Measure every idle-subscriber case; return the table (used by the smoke test)."""
+def run(subscribers: int, repeats: int = 3) -> Table:
+    """Measure every idle-subscriber case, ``repeats`` rounds with the cases taking
+    turns; return the table (used by the smoke test)."""
     prefix = f"bench:{uuid.uuid4().hex[:6]}:"
     ours = sys.executable
     cases = [
@@ -121,24 +122,34 @@ def run(subscribers: int) -> Table:
             REDIS_URL,
         ),
     ]
+    samples: dict[str, list[float]] = {label: [] for label, *_ in cases}
+    failures: dict[str, str] = {}
     try:
-        results = {
-            label: _measure(python, kind, url, prefix, subscribers)
-            for label, python, kind, url in cases
-        }
+        for _ in range(repeats):
+            for label, python, kind, url in cases:
+                if label in failures:
+                    continue
+                per = _measure(python, kind, url, prefix, subscribers)
+                if isinstance(per, str):
+                    failures[label] = per
+                else:
+                    samples[label].append(per / 1024)
     finally:
         delete_keys(prefix)
-    anchor = results["channels_redis pubsub"]
+    anchor_label = "channels_redis pubsub"
+    anchor = None if anchor_label in failures else Spread.of(samples[anchor_label]).median
     table = Table(
-        f"Memory per idle subscriber, {subscribers:,} subscribers of one channel ({machine()})",
+        f"Memory per idle subscriber, {subscribers:,} subscribers of one channel, "
+        f"{repeats} round(s), median (min-max) ({machine()})",
         ["case", "KiB/subscriber", "vs channels_redis pubsub"],
     )
-    for label, per in results.items():
-        if isinstance(per, str):
-            table.add(label, per, "-")
+    for label, *_ in cases:
+        if label in failures:
+            table.add(label, failures[label], "-")
             continue
-        ratio = f"{per / anchor:.2f}x" if isinstance(anchor, float) and anchor > 0 else "-"
-        table.add(label, f"{per / 1024:.2f}", ratio)
+        spread = Spread.of(samples[label])
+        ratio = f"{spread.median / anchor:.2f}x" if anchor else "-"
+        table.add(label, spread.format(".2f"), ratio)
     return table
 
 
@@ -148,7 +159,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(run(args.subscribers).render())
+    print(run(args.subscribers, args.repeats).render())
     print()
     print(websocket_table(args.connections, args.repeats).render())
 

@@ -83,7 +83,7 @@ def test_memory_benchmark_runs_and_deletes_its_keys(monkeypatch: pytest.MonkeyPa
     from benchmarks import memory
 
     prefix = fixed_prefix(monkeypatch, memory)
-    table = memory.run(subscribers=3).render()
+    table = memory.run(subscribers=3, repeats=1).render()
     assert "django_broadcast redis://" in table and "channels_redis pubsub" in table
     assert "failed" not in table.split("channels_redis core")[0]
     assert keys_under(prefix) == []
