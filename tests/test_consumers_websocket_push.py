@@ -261,3 +261,59 @@ async def test_the_websocket_routing_hands_its_consumers_the_servers_own_send(
     assert seen["scope"]["cookies"] == {"sessionid": "nope"}
     assert seen["scope"]["session"].session_key is None  # no such session
     assert not seen["scope"]["user"].is_authenticated
+
+
+class Unmeasured:
+    """An outlet of a server whose buffer cannot be read (``send()`` waits)."""
+
+    def behind(self) -> bool:
+        return False
+
+
+async def test_a_send_the_server_makes_wait_finishes_before_the_next() -> None:
+    from django_broadcast.consumers.sending import Sender
+
+    gate = asyncio.Event()
+    sent: list[str] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["text"] == "first":
+            await gate.wait()  # the client's socket is full
+        sent.append(message["text"])
+
+    sender = Sender(send, Unmeasured(), lambda: None)  # type: ignore[arg-type]
+    sender.send_now({"type": "websocket.send", "text": "first"})
+    assert not sender.free and sent == []
+    second = asyncio.ensure_future(sender.send({"type": "websocket.send", "text": "second"}))
+    await asyncio.sleep(0)
+    assert sent == []
+    gate.set()
+    await asyncio.wait_for(second, TIMEOUT)
+    assert sent == ["first", "second"] and sender.free
+
+
+@pytest.mark.parametrize("swallows", [False, True], ids=["raises", "swallows"])
+async def test_a_waiting_send_that_is_cancelled_ends_cleanly(swallows: bool) -> None:
+    from django_broadcast.consumers.sending import Sender
+
+    ended: list[str] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if not swallows:
+                raise
+        finally:
+            ended.append(message["text"])
+
+    failures: list[None] = []
+    sender = Sender(send, Unmeasured(), lambda: failures.append(None))  # type: ignore[arg-type]
+    sender.send_now({"type": "websocket.send", "text": "stuck"})
+    inflight = sender._inflight
+    assert inflight is not None
+    await asyncio.sleep(0)  # the task takes over the waiting send
+    inflight.cancel()
+    await asyncio.wait([inflight], timeout=TIMEOUT)
+    assert ended == ["stuck"] and inflight.done()
+    assert sender.free and not failures

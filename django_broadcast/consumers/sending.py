@@ -49,11 +49,11 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
     """Drive ``coro``, suspended on ``yielded``, to its end."""
     while True:
         try:
-            await _Yielded(yielded)
-        except asyncio.CancelledError as exc:
-            yielded = coro.throw(exc)
-            continue
-        try:
+            try:
+                await _Yielded(yielded)
+            except asyncio.CancelledError as exc:
+                yielded = coro.throw(exc)
+                continue
             yielded = coro.send(None)
         except StopIteration:
             return
