@@ -15,8 +15,9 @@ A whole ``asgi.py`` (daphne: ``daphne myproject.asgi:application``; uvicorn:
     application = application(django_asgi_app)
 
 That serves the WebSocket protocol at ``/broadcast/ws/`` and Server-Sent Events at
-``/broadcast/events/?channel=...``, both behind ``AuthMiddlewareStack`` (so the
-policy sees ``request.user``), the WebSocket also behind
+``/broadcast/events/?channel=...``, both behind Channels' authentication (so the
+policy sees ``request.user``: ``AuthMiddlewareStack`` for HTTP, its equivalent without
+a ``send`` wrapper for WebSockets), the WebSocket also behind
 ``AllowedHostsOriginValidator``; every other HTTP request goes to Django, and the ASGI
 ``lifespan`` protocol is answered: on shutdown the event streams end and every
 alias's broker connections are closed. The process announces itself in the live
@@ -43,6 +44,7 @@ from django.urls.resolvers import RegexPattern
 
 from . import presence
 from .consumers import BroadcastWebsocketConsumer, EventStreamConsumer, shutdown
+from .consumers.middleware import WebsocketAuthMiddleware
 from .consumers.outlet import capture_server_send
 from .consumers.settings import client_settings
 from .registry import broadcasts
@@ -89,11 +91,13 @@ def _announcing(app: Any) -> Any:
 
 
 def websocket_router(extra: Patterns = ()) -> Any:
-    """The WebSocket patterns plus ``extra``, behind the origin check and auth."""
+    """The WebSocket patterns plus ``extra``, behind the origin check and auth
+    (:class:`~django_broadcast.consumers.middleware.WebsocketAuthMiddleware`: what
+    ``AuthMiddlewareStack`` puts in the scope, with no wrapper around ``send``)."""
     return _announcing(
         capture_server_send(
             AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, *extra]))
+                WebsocketAuthMiddleware(URLRouter([*websocket_urlpatterns, *extra]))
             )
         )
     )

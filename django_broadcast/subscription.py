@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .backends.base import Message
 from .events import GAP, Event, gap_event
@@ -24,7 +24,7 @@ from .hub import backoff
 if TYPE_CHECKING:
     from .hub import Hub, Hubs
 
-__all__ = ["Subscription"]
+__all__ = ["Sink", "Subscription"]
 
 logger = logging.getLogger("django_broadcast.hub")
 
@@ -32,6 +32,38 @@ logger = logging.getLogger("django_broadcast.hub")
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+class _NoEvents(deque[Event]):
+    """The queue of every subscription that has queued nothing yet: one shared empty
+    deque (an empty deque is most of a kilobyte, and a subscription whose sink takes
+    its events never queues). Whatever would add to it makes the subscription's own."""
+
+    def append(self, event: Event) -> None:
+        raise RuntimeError("the shared empty queue was written to")
+
+    def appendleft(self, event: Event) -> None:
+        raise RuntimeError("the shared empty queue was written to")
+
+    def extend(self, events: Iterable[Event]) -> None:
+        raise RuntimeError("the shared empty queue was written to")
+
+
+_NO_EVENTS = _NoEvents()
+
+
+class Sink(Protocol):
+    """Where a subscription pushes its events as the hub fans them out (see
+    :meth:`Subscription.push_to`)."""
+
+    def take(self, subscription: Subscription, events: list[Event]) -> int:
+        """Deliver ``events`` (of one channel, in order) at once, in the fan-out's
+        pass, as many as can be; return how many. The subscription queues the rest
+        (its ``QUEUE_SIZE`` and ``OVERFLOW`` apply) and calls :meth:`wake`."""
+
+    def wake(self, subscription: Subscription) -> None:
+        """``subscription`` has events queued, or has ended: read them with
+        :meth:`Subscription.poll` until :attr:`Subscription.pending` is false."""
 
 
 class _Replay:
@@ -94,16 +126,18 @@ class Subscription:
         self._maxsize = hubs.config.queue_size
         self._disconnect = hubs.config.overflow == "disconnect"
         self._track = hubs.backend.features.history
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event] = _NO_EVENTS
         # channel -> events dropped since its overflow notice was last read. Those
         # notices come before every queued event.
         self._gaps: dict[str, int] = {}
-        # Replayed history, read before the queue: at most one page.
-        self._replayed: deque[Event] = deque()
+        # Replayed history, read before the queue: at most one page. Made when a
+        # replay starts (an empty deque is most of a kilobyte; most never replay).
+        self._replayed: deque[Event] | None = None
         self._replays: dict[str, _Replay] = {}
         # Whether anything but the queue must be looked at: the fast path's one test.
         self._special = False
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None
         self._hub: Hub | None = None
         self._ended: BaseException | None = None
         self._ended_normally = False
@@ -122,7 +156,24 @@ class Subscription:
     def queued(self) -> int:
         """How many events this subscription holds in memory, waiting to be read."""
         held = sum(len(replay.held) for replay in self._replays.values())
-        return len(self._queue) + len(self._replayed) + len(self._gaps) + held
+        return len(self._queue) + len(self._replayed or ()) + len(self._gaps) + held
+
+    @property
+    def pending(self) -> bool:
+        """Whether :meth:`poll` has something to hand out at once: queued events,
+        history still to replay, or the end of a subscription that failed."""
+        return bool(
+            self._queue or self._special or (self._ended is not None and not self._ended_normally)
+        )
+
+    def push_to(self, sink: Sink | None) -> None:
+        """Hand events to ``sink`` as the hub fans them out, instead of waking a
+        reader: while nothing is queued, each batch goes to :meth:`Sink.take` in the
+        fan-out's own pass; what the sink cannot take is queued as usual, and the
+        sink is woken to read it with :meth:`poll`. None goes back to reading."""
+        self._sink = sink
+        if sink is not None and self.pending:
+            sink.wake(self)
 
     # Opening and closing -------------------------------------------------------------
 
@@ -179,7 +230,7 @@ class Subscription:
     def _reset(self) -> None:
         """Forget a failed attempt to open, so that it can be made again."""
         self._replays.clear()
-        self._replayed.clear()
+        self._replayed = None
         self._queue.clear()
         self._gaps.clear()
         self._special = False
@@ -250,6 +301,27 @@ class Subscription:
             if not await self._wait(timeout):
                 raise TimeoutError()
 
+    async def poll(self) -> Event | None:
+        """The next event that needs no waiting for a publish (history pages are
+        read meanwhile), or None when there is none.
+
+        Raise :class:`SubscriptionClosed` once a subscription that failed (fell
+        behind with ``OVERFLOW = "disconnect"``, or lost its broker) is drained; one
+        closed normally just has nothing more.
+        """
+        while True:
+            if self._replays and not self._replayed and self._ended is None:
+                await self._replay_page()
+                continue
+            event = self._next()
+            if event is not None:
+                if self._track and event.id:
+                    self.positions[event.channel] = event.id
+                return event
+            if self._ended is not None and not self._ended_normally:
+                raise self._ended
+            return None
+
     def _next(self) -> Event | None:
         if self._special:
             if self._gaps:
@@ -286,6 +358,8 @@ class Subscription:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._sink is not None:
+            self._sink.wake(self)
 
     def _refresh_special(self) -> None:
         self._special = bool(self._gaps or self._replayed or self._replays)
@@ -303,10 +377,24 @@ class Subscription:
                 self._hold(replay, events)
                 return
         queue = self._queue
+        sink = self._sink
+        if sink is not None and not queue and not self._special and self._ended is None:
+            taken = sink.take(self, events)
+            if taken:
+                if self._track:
+                    for event in reversed(events[:taken]):
+                        if event.id:
+                            self.positions[event.channel] = event.id
+                            break
+                if taken == len(events):
+                    return
+                events = events[taken:]
         if self._ended is not None or len(queue) + len(events) > self._maxsize:
             for event in events:  # the slow path: overflow handling, one at a time
                 self._enqueue(event)
             return
+        if queue is _NO_EVENTS:
+            queue = self._queue = deque()
         queue.extend(events)
         self._wake()
 
@@ -318,6 +406,8 @@ class Subscription:
         if len(self._queue) >= self._maxsize:
             self._overflow(event)
             return
+        if self._queue is _NO_EVENTS:
+            self._queue = deque()
         self._queue.append(event)
         self._wake()
 
@@ -424,10 +514,15 @@ class Subscription:
         self._take_page(channel, page.messages, self._maxsize)
         self._refresh_special()
 
+    def _replay_queue(self) -> deque[Event]:
+        if self._replayed is None:
+            self._replayed = deque()
+        return self._replayed
+
     def _replay_gap(self, channel: str, since: str) -> None:
         self.recovered = False
         self._hubs.counters.gaps += 1
-        self._replayed.append(gap_event(channel, "history", since=since))
+        self._replay_queue().append(gap_event(channel, "history", since=since))
 
     def _take_page(self, channel: str, messages: Sequence[Message], limit: int) -> None:
         """Queue a page of history, up to the replay's target: every later event
@@ -440,7 +535,7 @@ class Subscription:
             if key > replay.target:
                 done = True
                 break
-            self._replayed.append(self._decode(message))
+            self._replay_queue().append(self._decode(message))
             replay.cursor = message.id
             if key == replay.target:
                 done = True

@@ -5,7 +5,11 @@ Nothing here asserts a speed: the figures come from running the scripts themselv
 
 from __future__ import annotations
 
+import uuid
+from types import SimpleNamespace
+
 import pytest
+import redis
 
 from .brokers import reachable_binaries, shared_cluster
 from .conftest import REDIS_URL, require_broker
@@ -96,19 +100,41 @@ def test_many_channels_benchmark_runs() -> None:
     assert target.rstrip().endswith(("met", "NOT MET"))
 
 
-def test_memory_benchmark_runs() -> None:
+def fixed_prefix(monkeypatch: pytest.MonkeyPatch, module: object) -> str:
+    """Make ``module``'s runs write under one known key prefix; return it."""
+    run = uuid.uuid4()
+    monkeypatch.setattr(module, "uuid", SimpleNamespace(uuid4=lambda: run))
+    return f"bench:{run.hex[:6]}:"
+
+
+def keys_under(prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return list(client.scan_iter(match=f"{prefix}*", count=1000))
+    finally:
+        client.close()
+
+
+def test_memory_benchmark_runs_and_deletes_its_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import memory
 
-    table = memory.run(subscribers=3).render()
+    prefix = fixed_prefix(monkeypatch, memory)
+    table = memory.run(subscribers=3, repeats=1).render()
     assert "django_broadcast redis://" in table and "channels_redis pubsub" in table
     assert "failed" not in table.split("channels_redis core")[0]
+    assert keys_under(prefix) == []
 
 
-def test_memory_per_connection_benchmark_runs() -> None:
+def test_memory_per_connection_benchmark_runs_and_deletes_its_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from benchmarks import memory
 
-    table = memory.websocket_table(connections=3).render()
+    prefix = fixed_prefix(monkeypatch, memory)
+    table = memory.websocket_table(connections=3, repeats=1).render()
     assert "BroadcastWebsocketConsumer" in table and "anchor" in table
+    assert "target: BroadcastWebsocketConsumer <= the anchor" in table
+    assert keys_under(prefix) == []
 
 
 def test_plain_channels_benchmark_runs() -> None:

@@ -132,6 +132,10 @@ def test_no_websocket_frame_breaks_the_connection(
         assert run(ws.connect(timeout=TIMEOUT))[0]
         run(ws.send_json_to({"op": "subscribe", "channel": "t-live"}))
         assert run(ws.receive_json_from(TIMEOUT))["op"] == "subscribed"
+        # A publish first: what the backend starts for it (a pool's workers) is there
+        # before the count, and outlives the connection by design.
+        warm = run(bc.apublish("t-live", "warm-up"))
+        assert run(_next_event(ws, "t-live"))["id"] == warm.id
         tasks_before = run(_task_count())
 
         @fuzz(WEBSOCKET_FRAMES)

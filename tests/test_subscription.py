@@ -277,3 +277,77 @@ async def test_subscribe_with_since_on_a_history_backend_replays_to_the_live_hea
         await task
         await bc.aclose()
     assert received == list(range(1, 60))
+
+
+async def until(check: Any) -> None:
+    """Wait (at most TIMEOUT) until ``check()`` is true."""
+
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), TIMEOUT)
+
+
+class Taker:
+    """A sink that takes at most ``room`` events, then none until given more."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.taken: list[Any] = []
+        self.woken = asyncio.Event()
+
+    def take(self, subscription: Subscription, events: list[Event]) -> int:
+        count = min(self.room, len(events))
+        self.room -= count
+        self.taken.extend(event.data for event in events[:count])
+        return count
+
+    def wake(self, subscription: Subscription) -> None:
+        self.woken.set()
+
+
+async def test_a_pushed_subscription_hands_events_to_its_sink_as_they_are_fanned_out(
+    bc: Broadcast, channel: str
+) -> None:
+    async with bc.subscribe(channel) as sub:
+        sink = Taker(room=1000)
+        sub.push_to(sink)
+        sent = [await bc.apublish(channel, n) for n in range(3)]
+        marker = await bc.apublish(channel, "marker")
+        await until(lambda: "marker" in sink.taken)
+        assert sink.taken == [0, 1, 2, "marker"] and sub.queued == 0
+        assert not sub.pending and not sink.woken.is_set()
+        if bc.features.history:
+            assert sub.positions[channel] == marker.id != sent[-1].id
+
+
+async def test_what_its_sink_cannot_take_waits_in_the_queue_in_order() -> None:
+    with using(alias_settings("memory", QUEUE_SIZE=3)) as bc:
+        async with bc.subscribe("t-pushed") as sub:
+            sink = Taker(room=2)
+            sub.push_to(sink)
+            for n in range(7):
+                await bc.apublish("t-pushed", n)
+            await asyncio.wait_for(sink.woken.wait(), TIMEOUT)
+            await until(lambda: sub.queued == 4)  # 3 events and the overflow notice
+            assert sink.taken == [0, 1] and sub.pending
+            gap = await sub.poll()
+            assert gap is not None and gap.type == GAP and gap.data["dropped"] == 2
+            assert [(await sub.poll()).data for _ in range(3)] == [4, 5, 6]  # type: ignore[union-attr]
+            assert await sub.poll() is None and not sub.pending
+        await bc.aclose()
+
+
+async def test_a_pushed_subscription_that_failed_raises_once_drained() -> None:
+    with using(alias_settings("memory", QUEUE_SIZE=1, OVERFLOW="disconnect")) as bc:
+        async with bc.subscribe("t-pushed") as sub:
+            sink = Taker(room=0)
+            sub.push_to(sink)
+            for n in range(3):
+                await bc.apublish("t-pushed", n)
+            await until(lambda: sub.closed)
+            assert (await sub.poll()).data == 0  # type: ignore[union-attr]
+            with pytest.raises(SubscriptionOverflow):
+                await sub.poll()
+        await bc.aclose()

@@ -3,6 +3,7 @@ the case chosen by the ``E2E_CASE`` environment variable."""
 
 #: case -> what it is
 CASES = {
+    "ceiling": "minimal websockets server (ceiling)",
     "anchor": "Channels consumer, channels_redis pubsub layer (anchor)",
     "layer": "Channels consumer, BroadcastChannelLayer redis://",
     "consumer": "BroadcastWebsocketConsumer redis://",

@@ -3,7 +3,8 @@
 Publishes at a steady ``RATE`` events per second for ``SECONDS`` from plain sync code,
 each event stamped with ``time.time_ns()`` at its send, the way the case's users would:
 ``async_to_sync(group_send)`` for the channels_redis cases, ``broadcast.publish()``
-for the project's. Prints how many it sent and the rate it achieved, as JSON.
+for the project's, a plain Redis ``PUBLISH`` for the ``websockets`` ceiling. Prints
+how many it sent and the rate it achieved, as JSON.
 """
 
 import json
@@ -19,7 +20,18 @@ django.setup()
 
 
 def main(rate: float, seconds: float) -> None:
-    if os.environ.get("E2E_CASE", "").startswith("anchor"):
+    case = os.environ.get("E2E_CASE", "")
+    if case == "ceiling":
+        import redis
+
+        from benchmarks.e2e.ceiling import CHANNEL
+
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        channel = os.environ["E2E_PREFIX"] + CHANNEL
+
+        def publish(n: int) -> None:
+            client.publish(channel, json.dumps({"t": time.time_ns(), "n": n}))
+    elif case.startswith("anchor"):
         from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
 

@@ -19,7 +19,7 @@ from ..broadcast import Broadcast
 from ..codec import tag_bytes
 from ..events import GAP, Event
 
-__all__ = ["FrameCache", "frame_cache", "sse_body", "websocket_frame"]
+__all__ = ["FrameCache", "frame_cache", "sse_body", "websocket_frame", "websocket_message"]
 
 
 class FrameCache:
@@ -103,6 +103,24 @@ def _sse(event: Event) -> str:
 def websocket_frame(event: Event, broadcast: Broadcast) -> str:
     """The ``{"op": "event", ...}`` text frame of ``event``, an event of ``broadcast``."""
     return frame_cache(broadcast).get("ws", event, _websocket)
+
+
+# The message of the event fanned out last: the hub hands the same Event object to
+# every local client, so its clients after the first find it here by identity (the
+# Event is held, so its identity cannot be reused meanwhile).
+_last: tuple[Event | None, dict[str, str]] = (None, {})
+
+
+def websocket_message(event: Event, broadcast: Broadcast) -> dict[str, str]:
+    """The ASGI ``websocket.send`` message of ``event``'s frame, the same dict for
+    every client of one fan-out (servers only read it)."""
+    global _last
+    last_event, message = _last
+    if last_event is event:
+        return message
+    message = {"type": "websocket.send", "text": websocket_frame(event, broadcast)}
+    _last = (event, message)
+    return message
 
 
 def sse_body(event: Event, broadcast: Broadcast) -> str:

@@ -14,21 +14,24 @@ subscription's queue fills and ``OVERFLOW`` bounds the memory, as on uvicorn. On
 servers it measures nothing and relies on ``send()`` waiting.
 
 The outlet needs the server's own ``send`` callable, before any middleware wraps it:
-the routing of :mod:`django_broadcast.routing` puts it in the scope under
-:data:`SERVER_SEND`.
+the routing of :mod:`django_broadcast.routing` captures it (:func:`capture_server_send`)
+for the connection's task, where :func:`server_send` reads it. Not in the scope: a
+scope copied to add it would cost every connection the copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SERVER_SEND", "Outlet", "capture_server_send"]
+__all__ = ["Outlet", "capture_server_send", "server_send"]
 
-#: The scope key under which the routing keeps the server's own ``send``.
-SERVER_SEND = "django_broadcast.server_send"
+_server_send: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "django_broadcast.server_send", default=None
+)
 
 #: Seconds between two looks at a stalled client's buffer.
 POLL_INTERVAL = 0.05
@@ -62,9 +65,11 @@ def _probe(send: Any) -> Callable[[], int] | None:
 class Outlet:
     """The unsent bytes a server holds for one connection, where they can be read."""
 
-    def __init__(self, scope: dict[str, Any], limit: int) -> None:
+    __slots__ = ("_backlog", "limit")
+
+    def __init__(self, send: Any, limit: int) -> None:
         self.limit = limit
-        self._backlog = _probe(scope.get(SERVER_SEND))
+        self._backlog = _probe(send)
 
     @property
     def measured(self) -> bool:
@@ -85,10 +90,21 @@ class Outlet:
             await asyncio.sleep(POLL_INTERVAL)
 
 
+def server_send() -> Any:
+    """The server's own ``send`` of the running connection, where the application
+    was wrapped with :func:`capture_server_send`; else None."""
+    return _server_send.get()
+
+
 def capture_server_send(app: Any) -> Any:
-    """Wrap an ASGI application so that its scope carries the server's ``send``."""
+    """Wrap an ASGI application so that :func:`server_send` returns the server's
+    ``send`` within it."""
 
     async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        return await app({**scope, SERVER_SEND: send}, receive, send)
+        token = _server_send.set(send)
+        try:
+            return await app(scope, receive, send)
+        finally:
+            _server_send.reset(token)
 
     return wrapper

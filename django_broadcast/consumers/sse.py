@@ -47,7 +47,7 @@ from ..registry import broadcasts
 from ..subscription import Subscription
 from . import shutdown
 from .frames import sse_body
-from .outlet import Outlet
+from .outlet import Outlet, server_send
 from .settings import ClientSettings, client_settings
 
 __all__ = ["LIVE", "EventStreamConsumer", "format_position", "parse_position"]
@@ -255,7 +255,7 @@ class EventStreamConsumer(AsyncConsumer):
         head = f"retry: {settings.retry}\nid: {format_position(positions, channels)}\n\n"
         head += "".join(sse_body(gap_event(c, "history", since=LIVE), broadcast) for c in unproven)
         await self._body(head)
-        outlet = Outlet(self.scope, settings.max_buffer)
+        outlet = Outlet(server_send(), settings.max_buffer)
         while True:
             try:
                 event = await subscription.get(timeout=settings.keepalive)

@@ -48,11 +48,12 @@ import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import DEFAULT_CHANNEL_LAYER
 from django.contrib.auth.models import AnonymousUser
 
 from .. import auth
 from ..broadcast import Broadcast
-from ..events import RESERVED_PREFIX, validate_channel
+from ..events import RESERVED_PREFIX, Event, validate_channel
 from ..exceptions import (
     BroadcastUnavailable,
     MessageTooLarge,
@@ -61,8 +62,9 @@ from ..exceptions import (
 )
 from ..registry import broadcasts
 from ..subscription import Subscription
-from .frames import websocket_frame
-from .outlet import Outlet
+from .frames import websocket_message
+from .outlet import Outlet, server_send
+from .sending import Sender
 from .settings import ClientSettings, client_settings
 
 __all__ = ["LAYER_FIELDS", "RESERVED_TYPE_PREFIXES", "BroadcastWebsocketConsumer", "ProtocolError"]
@@ -109,13 +111,35 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
 
     Subclass to fix a page's channels (:meth:`get_channels`, subscribed at connect)
     or to decide access in the consumer (:meth:`authorize`).
+
+    Event frames are sent from the hub's fan-out, in the pass that hands an event to
+    every local subscription, through the server's own ``send``: no task per
+    subscription, and no middleware's ``send`` wrapper per frame (control frames,
+    such as the reply to ``subscribe``, do pass the middlewares). Where a client
+    cannot take them (its server holds ``MAX_BUFFER`` unsent, or its socket is
+    full), its events wait in its subscription's queue, whose ``QUEUE_SIZE`` and
+    ``OVERFLOW`` apply, and one task per connection sends them as it drains.
     """
 
-    subscriptions: dict[str, asyncio.Task[None]]
+    subscriptions: dict[str, Subscription]
+
+    #: None: the consumer needs no Channels layer, so a connection holds none (no
+    #: channel name, no pending receive). A subclass that uses one (``groups``, or
+    #: handlers of ``group_send`` messages) names the layer's alias here; one that
+    #: sets ``groups`` gets the default layer.
+    channel_layer_alias: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.groups and cls.channel_layer_alias is None:
+            cls.channel_layer_alias = DEFAULT_CHANNEL_LAYER
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.subscriptions = {}
         self._counted: Broadcast | None = None
+        self._woken: dict[Subscription, None] = {}
+        self._drainer: asyncio.Task[None] | None = None
+        self._dropping: asyncio.Task[None] | None = None
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -129,7 +153,9 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         """Accept, then subscribe to :meth:`get_channels` (each authorized)."""
         self.settings: ClientSettings = client_settings()
         self.broadcast: Broadcast = broadcasts[self.settings.using]
-        self.outlet = Outlet(self.scope, self.settings.max_buffer)
+        send = server_send()
+        self.outlet = Outlet(send, self.settings.max_buffer)
+        self._sender = Sender(send or self.base_send, self.outlet, self._client_gone)
         await self.accept()
         self._counted = self.broadcast
         self.broadcast.counters.websocket_connections += 1
@@ -141,12 +167,89 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         await self._release_all()
 
     async def _release_all(self) -> None:
-        tasks = list(self.subscriptions.values())
+        subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
-        for task in tasks:
-            task.cancel()
-        # Each task releases its subscription as it ends; wait for all of them.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._woken.clear()
+        for subscription in subscriptions:
+            subscription.push_to(None)
+        drainer = self._drainer
+        if drainer is not None and drainer is not asyncio.current_task():
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await drainer
+        # Each closes at once; the broker clean-up completes even when cancelled.
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.aclose()
+
+    def _client_gone(self) -> None:
+        """A send failed: stop taking events, and let go of every subscription."""
+        for subscription in self.subscriptions.values():
+            subscription.push_to(None)
+        # Not in the fan-out's pass: leaving the hub would change what it iterates.
+        self._dropping = asyncio.get_running_loop().create_task(self._release_all())
+
+    # Fed by the hub (the Sink of every subscription) -------------------------------
+
+    def take(self, subscription: Subscription, events: list[Event]) -> int:
+        """Send ``events`` now, as many as the client takes without waiting."""
+        sender = self._sender
+        broadcast = self.broadcast
+        taken = 0
+        for event in events:
+            if not sender.free:
+                break
+            sender.send_now(websocket_message(event, broadcast))
+            taken += 1
+        return taken
+
+    def wake(self, subscription: Subscription) -> None:
+        """``subscription`` has events queued, or ended: the drainer sends them."""
+        self._woken[subscription] = None
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        sender = self._sender
+        outlet = self.outlet
+        woken = self._woken
+        try:
+            while woken:
+                subscription = next(iter(woken))
+                if not await sender.sent():
+                    return
+                if outlet.behind():
+                    # The client does not read: its events wait in their queues
+                    # (OVERFLOW applies) until the server has sent what it holds.
+                    await outlet.drained(lambda: any(s.closed for s in woken))
+                    for ended in [s for s in woken if s.closed]:
+                        await ended.aclose()  # fell behind: leave the hub now
+                try:
+                    event = await subscription.poll()
+                except SubscriptionClosed as exc:
+                    woken.pop(subscription, None)
+                    await self._forget(subscription)
+                    await self._send_control(
+                        ProtocolError("subscription_closed", closed_reason(exc),
+                                      subscription.channels[0]).frame()
+                    )  # fmt: skip
+                    continue
+                if event is None:
+                    woken.pop(subscription, None)  # caught up: back to the fan-out
+                    continue
+                await sender.send(websocket_message(event, self.broadcast))
+        except Exception:
+            logger.exception("sending the events of a WebSocket connection failed")
+        finally:
+            self._drainer = None
+
+    async def _forget(self, subscription: Subscription) -> None:
+        """Drop an ended subscription's entry (never a newer one's), and release it."""
+        channel = subscription.channels[0]
+        if self.subscriptions.get(channel) is subscription:
+            del self.subscriptions[channel]
+        subscription.push_to(None)
+        await subscription.aclose()
 
     # Hooks -------------------------------------------------------------------------
 
@@ -262,48 +365,16 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
         except BaseException:
             await subscription.aclose()
             raise
-        self.subscriptions[channel] = asyncio.get_running_loop().create_task(
-            self._forward(channel, subscription)
-        )
-
-    async def _forward(self, channel: str, subscription: Subscription) -> None:
-        outlet = self.outlet
-        try:
-            async for event in subscription:
-                await self.send(text_data=websocket_frame(event, self.broadcast))
-                if outlet.behind():
-                    # The client does not read: stop taking its events, so that its
-                    # queue fills and OVERFLOW applies, until the server has sent
-                    # what it holds (or the subscription ended).
-                    await outlet.drained(lambda: subscription.closed)
-                    if subscription.closed:
-                        await subscription.aclose()
-        except SubscriptionClosed as exc:
-            self._forget(channel)
-            await self._send_control(
-                ProtocolError("subscription_closed", closed_reason(exc), channel).frame()
-            )
-        except Exception:
-            logger.exception("forwarding the events of %r failed", channel)
-            self._forget(channel)
-            await self._send_control(
-                ProtocolError("internal", "the server stopped this subscription", channel).frame()
-            )
-        finally:
-            await subscription.aclose()
-
-    def _forget(self, channel: str) -> None:
-        """Drop the current task's own entry (never a newer subscription's)."""
-        if self.subscriptions.get(channel) is asyncio.current_task():
-            del self.subscriptions[channel]
+        self.subscriptions[channel] = subscription
+        subscription.push_to(self)  # what came meanwhile is queued: it is sent first
 
     async def _stop(self, channel: str) -> bool:
-        task = self.subscriptions.pop(channel, None)
-        if task is None:
+        subscription = self.subscriptions.pop(channel, None)
+        if subscription is None:
             return False
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        subscription.push_to(None)
+        self._woken.pop(subscription, None)
+        await subscription.aclose()
         return True
 
     async def _unsubscribe(self, frame: dict[str, Any]) -> None:
@@ -355,4 +426,6 @@ class BroadcastWebsocketConsumer(AsyncWebsocketConsumer):
     async def _send_control(self, frame: dict[str, Any]) -> None:
         # ASCII JSON: whatever a client sent that is echoed back (a lone surrogate in
         # a channel name, say) is escaped, never a frame the server cannot encode.
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        # In order with the event frames, through the middlewares.
+        message = {"type": "websocket.send", "text": json.dumps(frame, separators=(",", ":"))}
+        await self._sender.send(message, via=self.base_send)
