@@ -10,12 +10,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..events import GAP, Event
-from ..exceptions import SubscriptionClosed
+from ..exceptions import BroadcastUnavailable, SubscriptionClosed
+from ..hub import backoff
 from .mailboxes import running_loop
 
 if TYPE_CHECKING:
     from ..broadcast import Broadcast
-    from ..subscription import Subscription
+    from ..hub import Hub
 
 __all__ = ["Reader", "Route"]
 
@@ -26,9 +27,9 @@ Route = Callable[[list[Event]], None]
 
 
 class Reader:
-    """One persistent broadcast subscription of the layer, whose events go straight to
-    ``route`` in the hub's fan-out (the subscription pushes them to this reader, its
-    sink), without a queue or a task between them.
+    """One persistent broadcast subscription of the layer: a subscriber of the hub
+    (its ``Subscriber`` protocol) whose events go straight to ``route``, in the hub's
+    fan-out, without a queue or a task between them.
 
     The subscription outlives broker outages of any length: the core's reconnect
     policy keeps it, with a gap notice (logged here) once the broker is back. A
@@ -37,19 +38,22 @@ class Reader:
     ``ready``; the others wait for the broker (``new_channel()`` never needs it).
     """
 
+    patterns: tuple[str, ...] = ()
+    persistent = True
+
     def __init__(self, broadcast: Broadcast, name: str, route: Route, strict: bool) -> None:
         self.name = name
+        self.channels: tuple[str, ...] = (name,)
         self.route = route
+        self.strict = strict
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ready.add_done_callback(_retrieve)
-        self._subscription = broadcast.subscribe(name, persistent=True)
-        self._subscription.push_to(self)
+        self._hubs = broadcast._hubs
+        self._hub: Hub | None = None
         self._ended = False
-        #: Reads what the subscription queued (it ended), until done.
-        self._draining: asyncio.Task[None] | None = None
-        #: The task that opens the subscription, until it has.
-        self._opening: asyncio.Task[None] | None = self.loop.create_task(self._open(strict))
+        #: The task that attaches it to the hub, until it has.
+        self._opening: asyncio.Task[None] | None = self.loop.create_task(self._open())
 
     def __repr__(self) -> str:
         return f"<layer subscription {self.name}>"
@@ -59,10 +63,26 @@ class Reader:
         """Whether it is (or is about to be) subscribed, on a loop still open."""
         return not self._ended and not self.loop.is_closed()
 
-    async def _open(self, strict: bool) -> None:
-        """Open the subscription; without ``strict``, waiting for the broker."""
+    async def _open(self) -> None:
+        """Attach to the running loop's hub; without ``strict``, again and again, with
+        the hub's backoff, until the broker answers."""
+        delays = backoff()
         try:
-            await self._subscription.open(wait=not strict)
+            while True:
+                hub = self._hubs.current()
+                try:
+                    await hub.attach(self)
+                except BroadcastUnavailable as exc:
+                    if self.strict:
+                        raise
+                    delay = next(delays)
+                    logger.debug("%r: %s; again in %.2f s", self, exc, delay)
+                    await asyncio.sleep(delay)
+                else:
+                    self._hub = hub
+                    self._opening = None  # done: one object less per subscription
+                    self.ready.set_result(None)
+                    return
         except BaseException as exc:
             self._ended = True
             if not self.ready.done():
@@ -73,51 +93,41 @@ class Reader:
                 )
             if not isinstance(exc, Exception):
                 raise
-        else:
-            self._opening = None  # done: one object less per subscription
-            self.ready.set_result(None)
 
-    # The subscription's Sink protocol ---------------------------------------------
+    # The hub's Subscriber protocol -----------------------------------------------
 
-    def take(self, subscription: Subscription, events: list[Event]) -> int:
-        """Route the events of this channel (called in the hub's fan-out)."""
+    def _put(self, event: Event) -> None:
+        self._put_many([event])
+
+    def _put_many(self, events: list[Event]) -> None:
+        """Route the events of this channel (called by the hub's fan-out)."""
         if self._ended:
-            return len(events)
+            return
         for event in events:
             if event.type == GAP:
                 logger.warning("channel layer missed events on %r: %s", self.name, event.data)
-                routed = [event for event in events if event.type != GAP]
+                events = [event for event in events if event.type != GAP]
+                if not events:
+                    return
                 break
-        else:
-            routed = events
-        if routed:
-            try:
-                self.route(routed)
-            except Exception:
-                logger.exception("could not route an event of %r", self.name)
-        return len(events)
-
-    def wake(self, subscription: Subscription) -> None:
-        """The subscription queued events (or ended): read them in a task."""
-        if not self._ended and self._draining is None and not self.loop.is_closed():
-            self._draining = self.loop.create_task(self._drain())
-
-    async def _drain(self) -> None:
-        subscription = self._subscription
         try:
-            while (event := await subscription.poll()) is not None:
-                self.take(subscription, [event])
-        except SubscriptionClosed as exc:
+            self.route(events)
+        except Exception:
+            logger.exception("could not route an event of %r", self.name)
+
+    def _close(self, exc: BaseException | None) -> None:
+        """Ended by the hub: its alias closed (``exc`` None) or its listener failed."""
+        if self._ended:
+            return
+        self._ended = True
+        self._hub = None
+        if exc is not None:
             logger.error("channel layer subscription of %r ended: %s", self.name, exc)
-        finally:
-            self._draining = None
-            if subscription.closed:
-                self._ended = True
 
     # Stopping -------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Leave the channel (from any thread)."""
+        """Leave the hub (from any thread)."""
         if self.loop is running_loop():
             await self._stop()
         elif not self.loop.is_closed():
@@ -130,10 +140,12 @@ class Reader:
             opening.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await opening
-        try:
-            await self._subscription.aclose()
-        except Exception:  # the broker may be away: the hub releases what it can
-            logger.debug("releasing %r failed", self, exc_info=True)
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            try:
+                await hub.detach(self)
+            except Exception:  # the broker may be away: the hub releases what it can
+                logger.debug("releasing %r failed", self, exc_info=True)
 
 
 #: Stops asked for from another thread, kept until done.
