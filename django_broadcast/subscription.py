@@ -286,13 +286,8 @@ class Subscription:
         once the subscription has ended and its queue is drained.
         """
         while True:
-            if self._replays and not self._replayed and self._ended is None:
-                await self._replay_page()
-                continue
-            event = self._next()
+            event = await self.poll()
             if event is not None:
-                if self._track and event.id:
-                    self.positions[event.channel] = event.id
                 return event
             if self._ended is not None:
                 raise self._ended
