@@ -19,7 +19,7 @@ from django_broadcast import Broadcast
 from django_broadcast.backends.nats import NatsBackend
 from django_broadcast.backends.nats import _names as nats_names
 
-from .brokers import BROKERS, NATS_PREFIX, PrivateNats, free_port
+from .brokers import BROKERS, NATS_PREFIX, NATS_URL, PrivateNats, free_port
 from .conftest import require_broker, using
 
 TIMEOUT = 5
@@ -321,3 +321,31 @@ def test_short_lived_loops_leave_no_connection_open() -> None:
             bc.close()
     finally:
         server.stop()
+
+
+async def test_a_cancellation_swallowed_below_the_backend_still_stops_its_caller() -> None:
+    """nats-py waits for its requests with ``asyncio.wait_for``, which on Python 3.11
+    returns the result when the caller is cancelled as it arrives: the caller (a
+    task being stopped) must not run on."""
+    backend = NatsBackend(NATS_URL, {"prefix": NATS_PREFIX}, timeout=TIMEOUT)
+    started = asyncio.Event()
+
+    async def swallows() -> str:  # what wait_for does in that race
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return "answered"
+        return "late"
+
+    async def caller() -> None:
+        await backend.within(swallows())
+        await asyncio.sleep(60)  # runs on if the cancellation was lost
+
+    task = asyncio.get_running_loop().create_task(caller())
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=TIMEOUT)
+    if not done:
+        task.cancel()  # (let the test end)
+    assert task in done and task.cancelled()

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.js import api
 
 from ..._loops import at_close, is_throwaway
-from ..._timeouts import within
+from ..._timeouts import honour_cancellation, within
 from ...exceptions import BroadcastUnavailable
 from ..base import Backend, Features, HistoryPage, Receiver
 from . import _client, _names
@@ -145,8 +145,11 @@ class NatsBackend(Backend):
         )
 
     async def within(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` at most TIMEOUT."""
-        return await within(awaitable, self.timeout)
+        """Await ``awaitable`` at most TIMEOUT; a cancellation that nats-py swallowed
+        meanwhile (its requests wait with ``asyncio.wait_for``) is raised again."""
+        result = await within(awaitable, self.timeout)
+        honour_cancellation()
+        return result
 
     # Publishing ------------------------------------------------------------------------
 
