@@ -11,7 +11,8 @@ KIND ``many-broadcast`` or ``many-pubsub`` sends EVENTS events to each of GROUPS
 ``CHANNEL-0`` to ``CHANNEL-<GROUPS-1>``: the very ``PUBLISH`` commands (Redis channel
 and payload) that ``BroadcastChannelLayer.group_send`` or channels_redis pub/sub's
 ``group_send`` sends, made with the library's own encoding before the go and sent
-after it in pipelines of :data:`PIPELINE`. A ``group_send`` at a time would measure
+after it, packed before it too, in writes of :data:`PIPELINE` commands (their replies
+read after each event's last write). A ``group_send`` at a time would measure
 the publisher (channels_redis's takes a lock per ``PUBLISH``), not the receivers.
 
 Standalone (no package imports), so that broadcaster's own virtualenv can run it too.
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 Publish = Callable[[int], Awaitable[Any]]
-#: ``PUBLISH`` commands per round trip in the many-groups cases.
+#: ``PUBLISH`` commands per write in the many-groups cases.
 PIPELINE = 1000
 
 
@@ -110,15 +111,24 @@ async def _many(
         for n in range(events)
     ]
     client = redis.asyncio.Redis.from_url(url)
-    await client.ping()
+    conn = client.connection_pool.make_connection()
+    await conn.connect()
+    # Packed before the go too: the publisher writes bytes and reads the replies.
+    packed = [
+        [
+            conn.pack_commands(
+                [("PUBLISH", key, payload) for key, payload in frames[at : at + PIPELINE]]
+            )
+            for at in range(0, len(frames), PIPELINE)
+        ]
+        for frames in by_event
+    ]
 
     async def publish(n: int) -> None:
-        frames = by_event[n]
-        for start in range(0, len(frames), PIPELINE):
-            pipe = client.pipeline(transaction=False)
-            for key, payload in frames[start : start + PIPELINE]:
-                pipe.publish(key, payload)
-            await pipe.execute()
+        for chunk in packed[n]:
+            await conn.send_packed_command(chunk, check_health=False)
+        for _ in by_event[n]:
+            await conn.read_response()
 
     return publish
 

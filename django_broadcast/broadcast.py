@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +42,10 @@ __all__ = ["Broadcast"]
 logger = logging.getLogger("django_broadcast.broadcast")
 
 
+@functools.lru_cache(maxsize=1024)
 def _from_ms(ms: int) -> datetime:
+    """The time of an event (milliseconds since the epoch): events received together
+    share their millisecond, and a datetime is immutable, so each is made once."""
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
 
 

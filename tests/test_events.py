@@ -51,3 +51,40 @@ def test_json_codec_reads_json_from_other_writers(payload: bytes, decoded: objec
 def test_json_codec_refuses_what_is_not_one_json_value(payload: bytes) -> None:
     with pytest.raises(json.JSONDecodeError):
         JSONCodec().decode(payload)
+
+
+def test_events_and_messages_stay_frozen_dataclasses() -> None:
+    """Both build through their slots' setters (cheaper than the generated __init__):
+    still immutable, compared and hashed by value (an event's time aside), with
+    keywords, defaults and ``replace`` as a dataclass has them."""
+    import dataclasses
+
+    from django_broadcast.backends.base import Message
+
+    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    event = Event(channel="c", type="t", data={"n": 1}, id="1-0", time=when)
+    assert (event.channel, event.type, event.data, event.id, event.time) == (
+        "c",
+        "t",
+        {"n": 1},
+        "1-0",
+        when,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.data = {}  # type: ignore[misc]
+    later = dataclasses.replace(event, time=datetime.now(timezone.utc))
+    assert later == event
+    plain = dataclasses.replace(event, data=1)
+    assert hash(plain) == hash(dataclasses.replace(plain, time=later.time))
+    assert dataclasses.replace(event, data=2).data == 2
+    assert repr(event).startswith("Event(channel='c', type='t', data={'n': 1}, id='1-0'")
+
+    message = Message("c", "1-0", b"x")
+    assert (message.gap, message.pattern) == (None, None)
+    assert Message("c", "", b"", gap="reset").gap == "reset"
+    assert Message("c", "1-0", b"x", pattern="c*") != message
+    assert message == Message(channel="c", id="1-0", payload=b"x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        message.payload = b"y"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Event("c", "t", None, "1-0")  # type: ignore[call-arg]

@@ -445,6 +445,26 @@ async def test_members_here_and_elsewhere_get_the_same_message(bc: Broadcast, gr
         await other.flush()
 
 
+async def test_a_group_of_one_past_capacity_drops_and_logs(
+    bc: Broadcast, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_broadcast.layers")
+    layer, other = BroadcastChannelLayer(capacity=2), BroadcastChannelLayer()
+    try:
+        member = await layer.new_channel()
+        await layer.group_add(group, member)
+        for n in range(3):  # routed here as each is sent: the third finds it full
+            await layer.group_send(group, {"type": "message", "n": n})
+        assert [(await receive(layer, member))["n"] for _ in range(2)] == [0, 1]
+        await other.group_send(group, {"type": "message", "n": 3})  # from the broker
+        assert (await receive(layer, member))["n"] == 3
+        dropped = [r.getMessage() for r in caplog.records if "over capacity" in r.getMessage()]
+        assert dropped == [f"1 of 1 channels over capacity in group {group}"]
+    finally:
+        await layer.flush()
+        await other.flush()
+
+
 async def test_group_messages_past_capacity_are_dropped_and_logged(
     bc: Broadcast, group: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -99,6 +99,13 @@ class Listener:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
 
+    async def failed(self) -> BaseException | None:
+        """The error that ends the reading task, within TIMEOUT (its reading ends)."""
+        await asyncio.wait([self.task], timeout=TIMEOUT)
+        error = self.task.exception()  # InvalidStateError where it still reads
+        self.task = asyncio.create_task(asyncio.sleep(0))  # a task for stop()
+        return error
+
     def restart(self) -> None:
         """Read again, after :meth:`stop`."""
         self.task = asyncio.create_task(self._read())
@@ -285,3 +292,92 @@ async def test_a_reconnect_reports_a_gap_where_the_stream_was_made_anew(channel:
         sent.append(await backend.apublish(channel, b"c"))
         received = await listener.next(2)  # the reconnect's gap is not reported twice
     assert [(m.id, m.gap) for m in received] == [(sent[0], None), (sent[1], None)]
+
+
+# redis:// reads its SUBSCRIBE connection with hiredis where redis-py parses with it,
+# and through redis-py's read_response with its pure-Python parser: both ways alike.
+
+PARSERS = ["hiredis", "python"]
+
+
+@asynccontextmanager
+async def pubsub_listener(parser: str) -> AsyncIterator[Listener]:
+    """A redis:// receiver whose connections parse with ``parser``, opened and read."""
+    from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
+
+    with using(alias_settings("redis")) as bc:
+        backend: Any = bc.backend
+        make_connection = backend.make_connection
+
+        def with_parser(*args: Any) -> Any:
+            conn = make_connection(*args)
+            conn.set_parser(_AsyncHiredisParser if parser == "hiredis" else _AsyncRESP2Parser)
+            return conn
+
+        backend.make_connection = with_parser
+        receiver = backend.receiver()
+        await receiver.open()
+        listener = Listener(backend, receiver)
+        try:
+            yield listener
+        finally:
+            await listener.stop()
+            await receiver.close()
+            await bc.aclose()
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_pubsub_reads_channels_and_patterns_alike_with_either_parser(
+    parser: str, channel: str
+) -> None:
+    async with pubsub_listener(parser) as listener:
+        receiver: Any = listener.receiver
+        assert type(receiver.link.conn._parser).__name__ == (
+            "_AsyncHiredisParser" if parser == "hiredis" else "_AsyncRESP2Parser"
+        )
+        await receiver.subscribe(f"{channel}.a")
+        await receiver.subscribe(f"{channel}.b")
+        await receiver.psubscribe(f"{channel}.p.*")
+        sent = []
+        for n in range(300):  # more than one read of the socket holds
+            name = (f"{channel}.a", f"{channel}.b", f"{channel}.p.x")[n % 3]
+            payload = b"%d:" % n + b"x" * 200
+            sent.append((name, listener.backend.publish(name, payload), payload))
+        got = await listener.next(len(sent))
+        assert [(m.channel, m.id, m.payload) for m in got] == sent
+        assert {m.pattern for m in got[2::3]} == {f"{channel}.p.*"}
+        assert {m.pattern for m in got[0::3] + got[1::3]} == {None}
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_pubsub_raises_an_error_reply_with_either_parser(parser: str, channel: str) -> None:
+    async with pubsub_listener(parser) as listener:
+        receiver: Any = listener.receiver
+        await receiver.subscribe(channel)
+        # Refused in subscribed mode: the error reply comes to read(), as redis-py's.
+        await receiver.link.conn.send_command("GET", "x")
+        error = await listener.failed()
+        assert isinstance(error, redis.ResponseError)
+        assert "only (P|S)SUBSCRIBE" in str(error)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_pubsub_connection_killed_is_lost_with_either_parser(
+    parser: str, channel: str
+) -> None:
+    from django_broadcast.backends.base import ConnectionLost
+
+    async with pubsub_listener(parser) as listener:
+        receiver: Any = listener.receiver
+        await receiver.subscribe(channel)
+        event_id = listener.backend.publish(channel, b"before")
+        [message] = await listener.next(1)
+        assert message.id == event_id
+        name = listener.backend.connection_name("pubsub")
+        killer = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            [mine] = [c for c in await killer.client_list() if c["name"] == name]
+            assert await killer.client_kill_filter(_id=mine["id"]) == 1
+        finally:
+            await killer.aclose()
+        assert isinstance(await listener.failed(), ConnectionLost)

@@ -73,6 +73,26 @@ class Message:
     #: The pattern it was received through (:meth:`Receiver.psubscribe`), if any.
     pattern: str | None = None
 
+    def __init__(
+        self,
+        channel: str,
+        id: str,
+        payload: bytes,
+        gap: str | None = None,
+        pattern: str | None = None,
+    ) -> None:
+        # The generated frozen __init__, made cheaper as Event's is (events.py).
+        _set_channel(self, channel)
+        _set_id(self, id)
+        _set_payload(self, payload)
+        _set_gap(self, gap)
+        _set_pattern(self, pattern)
+
+
+_set_channel, _set_id, _set_payload, _set_gap, _set_pattern = (
+    Message.__dict__[name].__set__ for name in ("channel", "id", "payload", "gap", "pattern")
+)
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:

@@ -404,6 +404,15 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 return
         expires = now + self.expiry
         boxes = group.boxes  # changed only under the lock
+        running = asyncio.get_running_loop()
+        if len(events) == 1 and len(boxes) == 1 and not group.elsewhere:
+            # The usual batch of a group of one: its member's message is built as it
+            # takes it. Until then it holds the event (which lives anyway).
+            with self._lock:
+                for box in boxes.values():
+                    if box.put_one((expires, events[0], member_message), running):
+                        logger.info("1 of 1 channels over capacity in group %s", name)
+            return
         entries: list[Entry]
         if len(boxes) > 1 or group.elsewhere:
             # Shared: each message is built once, and copied as each member takes it.
@@ -413,11 +422,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
             # One member: its messages are built as it takes them. Until then it holds
             # the events (which live anyway), so nothing made here outlives a read.
             messages = []
-            if len(events) == 1:  # the usual batch of a group of one
-                entries = [(expires, events[0], member_message)]
-            else:
-                entries = [(expires, event, member_message) for event in events]
-        running = asyncio.get_running_loop()
+            entries = [(expires, event, member_message) for event in events]
         full = 0
         with self._lock:
             for box in boxes.values():

@@ -47,6 +47,23 @@ class Mailbox:
             and (not self.waiters or all(waiter.done() for waiter in self.waiters))
         )
 
+    def put_one(self, entry: Entry, running: asyncio.AbstractEventLoop | None) -> int:
+        """:meth:`put` of one entry: handed to the first receiver waiting on ``running``
+        while the queue is empty (the usual delivery to a group of one)."""
+        if not self.messages:
+            waiters = self.waiters
+            while waiters:
+                waiter = waiters[0]
+                if waiter.done():
+                    waiters.popleft()
+                    continue
+                if waiter.get_loop() is running:
+                    waiters.popleft()
+                    waiter.set_result(entry)
+                    return 0
+                break
+        return self.put((entry,), running)
+
     def put(self, entries: Sequence[Entry], running: asyncio.AbstractEventLoop | None) -> int:
         """Queue ``entries``, in order, or hand them straight to the receivers
         waiting on the running loop ``running`` while the queue is empty; return how
