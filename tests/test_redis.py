@@ -373,7 +373,7 @@ async def test_pubsub_connection_killed_is_lost_with_either_parser(
         event_id = listener.backend.publish(channel, b"before")
         [message] = await listener.next(1)
         assert message.id == event_id
-        name = listener.backend.connection_name("pubsub")
+        name = receiver.backend.connection_name("pubsub")
         killer = redis.asyncio.Redis.from_url(REDIS_URL)
         try:
             [mine] = [c for c in await killer.client_list() if c["name"] == name]
