@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -123,9 +123,14 @@ class Listener:
 
 
 @asynccontextmanager
-async def listening(entry: dict[str, Any]) -> AsyncIterator[Listener]:
-    """The backend of the alias ``entry`` and a receiver of it, opened and read."""
+async def listening(
+    entry: dict[str, Any], prepare: Callable[[Any], None] | None = None
+) -> AsyncIterator[Listener]:
+    """The backend of the alias ``entry`` and a receiver of it, opened and read;
+    ``prepare`` is given the backend first."""
     with using(entry) as bc:
+        if prepare is not None:
+            prepare(bc.backend)
         receiver = bc.backend.receiver()
         await receiver.open()
         listener = Listener(bc.backend, receiver)
@@ -300,30 +305,21 @@ async def test_a_reconnect_reports_a_gap_where_the_stream_was_made_anew(channel:
 PARSERS = ["hiredis", "python"]
 
 
-@asynccontextmanager
-async def pubsub_listener(parser: str) -> AsyncIterator[Listener]:
+def pubsub_listener(parser: str) -> AbstractAsyncContextManager[Listener]:
     """A redis:// receiver whose connections parse with ``parser``, opened and read."""
     from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 
-    with using(alias_settings("redis")) as bc:
-        backend: Any = bc.backend
+    def with_parser(backend: Any) -> None:
         make_connection = backend.make_connection
 
-        def with_parser(*args: Any) -> Any:
+        def connection(*args: Any) -> Any:
             conn = make_connection(*args)
             conn.set_parser(_AsyncHiredisParser if parser == "hiredis" else _AsyncRESP2Parser)
             return conn
 
-        backend.make_connection = with_parser
-        receiver = backend.receiver()
-        await receiver.open()
-        listener = Listener(backend, receiver)
-        try:
-            yield listener
-        finally:
-            await listener.stop()
-            await receiver.close()
-            await bc.aclose()
+        backend.make_connection = connection
+
+    return listening(alias_settings("redis"), with_parser)
 
 
 @pytest.mark.parametrize("parser", PARSERS)

@@ -193,18 +193,12 @@ class _PubSubReceiver(Receiver):
         with thousands of channels is most of the cost of receiving."""
         reader = parser._reader
         handle = self._handle
-        message_kind = self.message_kind
         while True:
             reply = reader.gets()
             while reply is not _NOT_ENOUGH_DATA:
                 if isinstance(reply, Exception):  # an error reply, raised as redis-py does
                     raise reply
-                if reply[0] == message_kind:  # _handle's first case, inline: the usual
-                    event_id, _, payload = reply[2].partition(b"\n")
-                    channel = reply[1][prefix_length:].decode()
-                    messages.append(Message(channel, event_id.decode(), payload))
-                else:
-                    handle(reply, prefix_length, messages)
+                handle(reply, prefix_length, messages)
                 reply = reader.gets()
             if messages:
                 return
