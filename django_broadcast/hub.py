@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from ._timeouts import honour_cancellation, within
-from .backends.base import Backend, ConnectionLost, Message, Receiver
+from .backends.base import READ_BATCH, Backend, ConnectionLost, Message, Receiver
 from .conf import AliasConfig
 from .events import SERVERS_CHANNEL, Event, gap_event
 from .exceptions import BroadcastUnavailable, SubscriptionClosed
@@ -317,6 +317,7 @@ class Hub:
     # The listener --------------------------------------------------------------------
 
     async def _listen(self, receiver: Receiver) -> None:
+        unyielded = 0
         try:
             while True:
                 try:
@@ -330,6 +331,12 @@ class Hub:
                         self._fan_out_gap(channel, "reconnect")
                     continue
                 self._fan_out(batch)
+                # A receiver with more at hand returns at once, without letting the
+                # loop run: the subscribers woken run now (see READ_BATCH).
+                unyielded += len(batch)
+                if unyielded >= READ_BATCH:
+                    unyielded = 0
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except SubscriptionClosed as exc:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from django_broadcast import GAP, BroadcastUnavailable
-from django_broadcast.backends.base import Backend, Message, Receiver
+from django_broadcast.backends.base import READ_BATCH, Backend, Message, Receiver
 from django_broadcast.backends.redis import safe_url
 
 from .conftest import PREFIX, REDIS_URL, alias_settings, free_port, require_broker, using
@@ -77,6 +77,8 @@ class Listener:
         self.backend = backend
         self.receiver = receiver
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        #: The size of each batch read.
+        self.batches: list[int] = []
         self.reading = asyncio.Event()
         self.reading.set()
         self.task = asyncio.create_task(self._read())
@@ -84,7 +86,9 @@ class Listener:
     async def _read(self) -> None:
         while True:
             await self.reading.wait()
-            for message in await self.receiver.read():
+            batch = await self.receiver.read()
+            self.batches.append(len(batch))
+            for message in batch:
                 self.messages.put_nowait(message)
 
     def pause(self) -> None:
@@ -377,3 +381,68 @@ async def test_pubsub_connection_killed_is_lost_with_either_parser(
         finally:
             await killer.aclose()
         assert isinstance(await listener.failed(), ConnectionLost)
+
+
+async def test_pubsub_messages_carry_the_channel_string_they_were_subscribed_with(
+    channel: str,
+) -> None:
+    async with pubsub_listener("hiredis") as listener:
+        receiver: Any = listener.receiver
+        name = "".join([channel, ".same"])  # made here: not an interned string
+        await receiver.subscribe(name)
+        listener.backend.publish(name, b"x")
+        [message] = await listener.next(1)
+        # The hub and the layer key their dictionaries by that string.
+        assert message.channel is name
+
+
+def test_pubsub_names_a_message_of_a_channel_no_longer_subscribed_from_its_key() -> None:
+    """A message on its way while its channel was unsubscribed is still named (the
+    hub then drops it: nobody subscribes to it)."""
+    with using(alias_settings("redis")) as bc:
+        backend: Any = bc.backend
+        key = backend.key("gone").encode()
+        messages: list[Any] = []
+        reply = [b"message", key, b"abc-1\npayload"]
+        backend.receiver()._handle(reply, len(backend.prefix), messages)
+    assert [(m.channel, m.id, m.payload) for m in messages] == [("gone", "abc-1", b"payload")]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+async def test_pubsub_reads_at_most_a_batch_at_a_time_with_either_parser(
+    parser: str, channel: str
+) -> None:
+    """With more at hand than READ_BATCH, a read returns READ_BATCH messages and the
+    next read the rest, in order."""
+    async with pubsub_listener(parser) as listener:
+        await listener.receiver.subscribe(channel)
+        payloads = [b"%d" % n for n in range(3 * READ_BATCH)]
+        # One pipeline: the broker writes them to the subscriber together.
+        ids = listener.backend.publish_many([(channel, payload) for payload in payloads])
+        got = await listener.next(len(payloads))
+        assert [(m.id, m.payload) for m in got] == list(zip(ids, payloads, strict=True))
+        assert max(listener.batches) == READ_BATCH
+
+
+async def test_subscribers_run_between_the_batches_the_hub_fans_out(channel: str) -> None:
+    """The hub lets the subscribers it woke run after each READ_BATCH messages, rather
+    than fan out all the broker sent before any of them runs."""
+    with using(alias_settings("redis")) as bc:
+        try:
+            async with bc.subscribe(channel) as sub:
+                items = [(channel, bc._encode(channel, "message", n)[0]) for n in range(300)]
+                bc.backend.publish_many(items)  # one pipeline, read by the hub together
+
+                async def first() -> tuple[Any, int]:
+                    """The first event, and how many wait behind it as it is taken."""
+                    event = await anext(sub)
+                    return event.data, sub.queued
+
+                # Woken by the first batch, it runs before the hub fans out the next.
+                data, queued = await asyncio.wait_for(first(), TIMEOUT)
+                assert data == 0
+                assert queued < READ_BATCH
+                rest = [await asyncio.wait_for(anext(sub), TIMEOUT) for _ in range(299)]
+                assert [event.data for event in rest] == list(range(1, 300))
+        finally:
+            await bc.aclose()

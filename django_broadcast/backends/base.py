@@ -108,6 +108,16 @@ class HistoryPage:
     gap: bool = False
 
 
+#: After fanning out this many messages, the hub lets the event loop run the
+#: subscribers they woke before it reads on; a receiver that can leave the rest of what
+#: it holds unparsed (redis:// pub/sub) returns no more than this from one
+#: :meth:`Receiver.read`. Each message leaves a few objects alive until its subscriber
+#: runs: kept below the garbage collector's first threshold (700) at a time, they
+#: trigger few collections, and with thousands of subscribers each collection that
+#: reaches the oldest generation is a scan of them all.
+READ_BATCH = 100
+
+
 class ConnectionLost(Exception):
     """Raised by :meth:`Receiver.read` when the broker connection is gone.
 
@@ -161,6 +171,7 @@ class Receiver(abc.ABC):
     @abc.abstractmethod
     async def read(self) -> Sequence[Message]:
         """Wait for the next messages (at least one), in broker order per channel.
+        Where the rest can wait unparsed, return no more than :data:`READ_BATCH`.
 
         A message with ``gap`` set says that events of its channel may have been lost
         at that point (see :class:`Message`). Raise :class:`ConnectionLost` when the

@@ -15,7 +15,7 @@ class Group:
     that are channels of this layer, and the other members (another process's
     channels, plain channels), which are sent to."""
 
-    __slots__ = ("boxes", "earliest", "elsewhere", "joined")
+    __slots__ = ("boxes", "earliest", "elsewhere", "joined", "only")
 
     def __init__(self) -> None:
         #: member -> the time of its last ``group_add``.
@@ -26,6 +26,9 @@ class Group:
         self.elsewhere: dict[str, None] = {}
         #: No membership joined before this: none can have expired before it has.
         self.earliest = math.inf
+        #: The mailbox of the one member, where the group is one channel of this
+        #: layer (the usual group of one: a user's, a connection's); else None.
+        self.only: Mailbox | None = None
 
     def __len__(self) -> int:
         return len(self.joined)
@@ -40,6 +43,7 @@ class Group:
         elif member not in self.boxes:
             self.boxes[member] = box
             box.memberships += 1
+        self._settle()
 
     def remove(self, member: str) -> Mailbox | None:
         """Remove ``member``; return its mailbox, if the group held one. Call with the
@@ -49,7 +53,12 @@ class Group:
         box = self.boxes.pop(member, None)
         if box is not None:
             box.memberships -= 1
+        self._settle()
         return box
+
+    def _settle(self) -> None:
+        boxes = self.boxes
+        self.only = next(iter(boxes.values())) if len(boxes) == 1 and not self.elsewhere else None
 
     def expire(self, before: float) -> list[tuple[str, Mailbox | None]]:
         """Remove the members that last joined before ``before`` (``group_expiry``);

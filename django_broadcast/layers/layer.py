@@ -24,7 +24,7 @@ from ..events import RESERVED_PREFIX, Event
 from ..exceptions import BroadcastError, MessageTooLarge, QueueFull
 from ..registry import broadcasts
 from .groups import Group
-from .mailboxes import Entry, Mailbox, running_loop
+from .mailboxes import Entry, Handed, Mailbox, running_loop
 from .messages import (
     SEND_TYPE,
     copier,
@@ -96,6 +96,9 @@ class BroadcastChannelLayer(BaseChannelLayer):
         #: The part before "!" of our specific channels -> its broadcast channel.
         self._my_inboxes: dict[str, str] = {}
         self._readers: dict[str, Reader] = {}  # broadcast channel -> reader
+        # The readers' routers, bound once: not a bound method per reader.
+        self._group_router: Route = self._route_group
+        self._inbox_router: Route = self._route_inbox
         self._queues: set[str] = set()  # the plain channels this layer used
         #: (group, event id) of the group messages routed here as they were sent.
         self._echoes: dict[tuple[str, str], None] = {}
@@ -121,7 +124,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         reader = self._my_inboxes.get(inbox)
         if reader is None:
             reader = self._my_inboxes[inbox] = self._inbox_channel(inbox)
-        self._start_reader(reader, self._route_inbox)
+        self._start_reader(reader, self._inbox_router)
         return f"{inbox}!{uuid.uuid4().hex[:12]}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -139,7 +142,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         if "!" in channel:
             inbox = channel.split("!", 1)[0]
             if inbox in self._my_inboxes:
-                self._put(channel, expires, copy.deepcopy(message), strict=True)
+                self._put(channel, expires, copy.deepcopy(message), running_loop(), strict=True)
                 return
             data = {"to": channel, "expires": expires, "message": self._outgoing(message)}
             await self._publish(channel, self._inbox_channel(inbox), data, SEND_TYPE)
@@ -175,8 +178,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         ``channel`` is a plain name or one made by this layer's :meth:`new_channel`:
         another process's channel raises ``AssertionError``, as in channels_redis.
         """
-        if channel not in self._inboxes:
-            # Where it has a mailbox, the name was checked as the mailbox was made.
+        if channel not in self._inboxes:  # else the name was checked as its mailbox was made
             self.require_valid_channel_name(channel)
             if "!" not in channel:
                 self._queues.add(channel)
@@ -187,33 +189,46 @@ class BroadcastChannelLayer(BaseChannelLayer):
             now = time.time()
             if now >= self._next_sweep:
                 self._sweep(now)
-            with self._lock:
+            lock = self._lock
+            lock.acquire()  # not `with`: half the cost, on the path of every message
+            try:
                 inbox = self._inboxes.get(channel) or self._inbox(channel)
                 if inbox.messages:
                     message = self._take(channel, inbox, now)
                     if message is not None:
                         return message
-                waiter: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+                # Looked up only to wait (on Python 3.11 it makes a system call).
+                loop = asyncio.get_running_loop()
+                waiter: asyncio.Future[Handed] = loop.create_future()
                 inbox.waiters.append(waiter)
+            finally:
+                lock.release()
             # At first, and after a flush: messages of a specific channel may be local
-            # hand-offs, so its receiver waits on the inbox at once.
+            # hand-offs, so its receiver waits on the inbox at once. (A reader on the
+            # running loop is on an open loop: only whether it ended is left to see.)
             reader = self._readers.get(inbox.reader)
-            if reader is None or not reader.alive:
-                self._start_reader(inbox.reader, self._route_inbox)
+            if reader is None or reader.loop is not loop or reader.ended:
+                self._start_reader(inbox.reader, self._inbox_router)
             try:
-                entry = await waiter
+                handed = await waiter
             except asyncio.CancelledError:
                 with self._lock:
                     if waiter.done() and not waiter.cancelled():
-                        entry = waiter.result()
-                        if entry is not None:  # handed to it: back at the head
-                            inbox.messages.appendleft(entry)
+                        handed = waiter.result()
+                        if handed is not None:  # handed to it: back at the head
+                            inbox.queue().appendleft(
+                                (now + self.expiry, handed, member_message)
+                                if isinstance(handed, Event)
+                                else handed
+                            )
                         if inbox.messages:
                             inbox.wake_one(waiter.get_loop())  # pass it on
                     self._forget_if_idle(channel, inbox)
                 raise
-            if entry is not None:  # handed straight to this receiver
-                _expires, queued, make = entry
+            if handed is not None:  # handed straight to this receiver
+                if isinstance(handed, Event):  # a group of one's
+                    return member_message(handed)
+                _expires, queued, make = handed
                 return queued if make is None else make(queued)
 
     # _inbox, _take and _forget_if_idle are called with self._lock held.
@@ -257,10 +272,18 @@ class BroadcastChannelLayer(BaseChannelLayer):
             for channel in idle:
                 del self._inboxes[channel]
 
-    def _put(self, channel: str, expires: float, message: dict[str, Any], *, strict: bool) -> bool:
-        """Queue ``message`` (the receiver's own) on a local channel; return False where
-        it was full (and the message dropped), or raise ``ChannelFull`` if ``strict``."""
-        running = running_loop()
+    def _put(
+        self,
+        channel: str,
+        expires: float,
+        message: dict[str, Any],
+        running: asyncio.AbstractEventLoop | None,
+        *,
+        strict: bool,
+    ) -> bool:
+        """Queue ``message`` (the receiver's own) on a local channel, from the running
+        loop ``running``; return False where it was full (and the message dropped), or
+        raise ``ChannelFull`` if ``strict``."""
         with self._lock:
             if not self._inbox(channel).put([(expires, message, None)], running):
                 return True
@@ -300,9 +323,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
         with self._lock:
             members.add(channel, self._inbox(channel) if here else None, time.time())
         try:
-            await asyncio.shield(
-                self._start_reader(group, self._route_broker_group, strict=True).ready
-            )
+            await self._start_reader(group, self._group_router, strict=True).subscribed()
         except BaseException:
             await self.group_discard(group, channel)
             raise
@@ -351,14 +372,16 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 del echoes[next(iter(echoes))]
             # Through the codec, as members elsewhere receive it.
             codec = self.broadcast.codec
-            self._route_group([replace(event, data=codec.decode(codec.encode(data)))])
+            self._route_group(
+                [replace(event, data=codec.decode(codec.encode(data)))], reader.loop, sent=True
+            )
         finally:
             self._sending[group] -= 1
             if not self._sending[group]:
                 del self._sending[group]
                 held = self._held.pop(group, None)
                 if held:
-                    self._route_broker_group(held)
+                    self._route_group(held, reader.loop)
 
     # Readers -----------------------------------------------------------------------
 
@@ -369,25 +392,21 @@ class BroadcastChannelLayer(BaseChannelLayer):
             reader = self._readers[name] = Reader(self.broadcast, name, route, strict)
         return reader
 
-    def _route_broker_group(self, events: list[Event]) -> None:
-        """Route a group's events from the broker, but those routed here at send (held
-        while a send to the group is out)."""
-        group = events[0].channel
-        if group in self._sending:
-            self._held.setdefault(group, []).extend(events)
-            return
-        echoes = self._echoes
-        if echoes:
-            events = [event for event in events if echoes.pop((group, event.id), True) is not None]
-            if not events:
-                return
-        self._route_group(events)
-
-    def _route_group(self, events: list[Event]) -> None:
+    def _route_group(
+        self, events: list[Event], running: asyncio.AbstractEventLoop, *, sent: bool = False
+    ) -> None:
         """Hand the events of one group to its members here: each member's mailbox
         gets them (or a receiver waiting on it, at once) under one hold of the lock.
         The message of each event is built once and copied per member as it is
-        received; for a group of one, built as it is received."""
+        received; for a group of one, built as it is received. ``running`` is the
+        running loop.
+
+        Events from the broker (the reader's) pass :meth:`_unsent` first; ``sent``
+        events are those routed here by :meth:`group_send` itself."""
+        if not sent and (self._sending or self._echoes):
+            events = self._unsent(events)
+            if not events:
+                return
         name = events[0].channel
         group = self._groups.get(name)
         if group is None:  # a group is dropped with its last member
@@ -403,16 +422,21 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 self._release(name)
                 return
         expires = now + self.expiry
-        boxes = group.boxes  # changed only under the lock
-        running = asyncio.get_running_loop()
-        if len(events) == 1 and len(boxes) == 1 and not group.elsewhere:
+        only = group.only  # changed only under the lock
+        if only is not None and len(events) == 1:
             # The usual batch of a group of one: its member's message is built as it
-            # takes it. Until then it holds the event (which lives anyway).
-            with self._lock:
-                for box in boxes.values():
-                    if box.put_one((expires, events[0], member_message), running):
-                        logger.info("1 of 1 channels over capacity in group %s", name)
+            # takes it. Until then it holds the event (which lives anyway), or the
+            # receiver waiting is handed the event itself.
+            lock = self._lock
+            lock.acquire()  # not `with`: half the cost
+            try:
+                full = only.put_event(expires, events[0], running)
+            finally:
+                lock.release()
+            if full:
+                logger.info("1 of 1 channels over capacity in group %s", name)
             return
+        boxes = group.boxes  # changed only under the lock
         entries: list[Entry]
         if len(boxes) > 1 or group.elsewhere:
             # Shared: each message is built once, and copied as each member takes it.
@@ -429,13 +453,22 @@ class BroadcastChannelLayer(BaseChannelLayer):
                 if box.put(entries, running):
                     full += 1
         if group.elsewhere:
-            loop = asyncio.get_running_loop()
             for member in list(group.elsewhere):  # send() copies the messages
-                task = loop.create_task(self._forward(member, messages))
+                task = running.create_task(self._forward(member, messages))
                 self._forwarding.add(task)
                 task.add_done_callback(self._forwarding.discard)
         if full:  # as channels_redis says it
             logger.info("%d of %d channels over capacity in group %s", full, len(group), name)
+
+    def _unsent(self, events: list[Event]) -> list[Event]:
+        """The group's events from the broker but those routed here at send; none while
+        a send to the group is out (they are held until it is back)."""
+        group = events[0].channel
+        if group in self._sending:
+            self._held.setdefault(group, []).extend(events)
+            return []
+        echoes = self._echoes
+        return [event for event in events if echoes.pop((group, event.id), True) is not None]
 
     def _release(self, group: str) -> None:
         """Stop the reader of ``group``, whose last membership expired, from its own
@@ -457,7 +490,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
             except BroadcastError as exc:  # the broker is away, or it has no queues
                 logger.warning("a group message to channel %r was dropped: %s", channel, exc)
 
-    def _route_inbox(self, events: list[Event]) -> None:
+    def _route_inbox(self, events: list[Event], running: asyncio.AbstractEventLoop) -> None:
         for event in events:
             if event.type != SEND_TYPE or not isinstance(event.data, dict):
                 continue
@@ -474,7 +507,7 @@ class BroadcastChannelLayer(BaseChannelLayer):
             if data.get("expires", 0) < time.time():
                 continue
             message = decode_bytes(data["message"])
-            if not self._put(to, data["expires"], message, strict=False):
+            if not self._put(to, data["expires"], message, running, strict=False):
                 logger.warning("channel %r is full: a message sent to it was dropped", to)
 
     # Flush and close ---------------------------------------------------------------

@@ -8,13 +8,20 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Entry", "Mailbox", "running_loop"]
+from ..events import Event
+from .messages import member_message
+
+__all__ = ["Entry", "Handed", "Mailbox", "running_loop"]
 
 #: A queued message: (expires, what was queued, how to make the receiver's message of
 #: it): None where the queued message is the receiver's own already, else a function
 #: of what was queued (a group's message is copied, or built from its event, as it is
 #: taken, so that the copies live only while a consumer holds them).
 Entry = tuple[float, Any, Callable[[Any], dict[str, Any]] | None]
+#: What a waiting receiver is handed: an entry, the event of a group of one (its
+#: message built from it with :func:`member_message`), or None where it is to look
+#: at the queue again.
+Handed = Entry | Event | None
 
 
 class Mailbox:
@@ -32,10 +39,12 @@ class Mailbox:
         #: The broadcast channel of the inbox that serves this channel.
         self.reader = reader
         self.memberships = 0
-        self.messages: deque[Entry] = deque()
-        #: Receivers waiting: each future's result is the message handed to it, or
-        #: None where it is to look at the queue again.
-        self.waiters: deque[asyncio.Future[Entry | None]] = deque()
+        #: The queue, made as the first message is queued (a deque is 760 bytes; most
+        #: messages go straight to a waiting receiver): until then an empty tuple.
+        self.messages: deque[Entry] | tuple[()] = ()
+        #: Receivers waiting, first first (a list: there is seldom more than one).
+        #: Each future's result is what it is handed (:data:`Handed`).
+        self.waiters: list[asyncio.Future[Handed]] = []
 
     @property
     def idle(self) -> bool:
@@ -47,22 +56,26 @@ class Mailbox:
             and (not self.waiters or all(waiter.done() for waiter in self.waiters))
         )
 
-    def put_one(self, entry: Entry, running: asyncio.AbstractEventLoop | None) -> int:
-        """:meth:`put` of one entry: handed to the first receiver waiting on ``running``
-        while the queue is empty (the usual delivery to a group of one)."""
+    def put_event(
+        self, expires: float, event: Event, running: asyncio.AbstractEventLoop | None
+    ) -> int:
+        """Queue a group's ``event`` for its one member, whose message is built from it
+        as it is taken; or, while the queue is empty, hand the event itself to the first
+        receiver waiting on ``running`` (the usual delivery to a group of one: no entry
+        is made for it). Return how many were dropped, as :meth:`put`."""
         if not self.messages:
             waiters = self.waiters
             while waiters:
                 waiter = waiters[0]
                 if waiter.done():
-                    waiters.popleft()
+                    del waiters[0]
                     continue
                 if waiter.get_loop() is running:
-                    waiters.popleft()
-                    waiter.set_result(entry)
+                    del waiters[0]
+                    waiter.set_result(event)
                     return 0
                 break
-        return self.put((entry,), running)
+        return self.put(((expires, event, member_message),), running)
 
     def put(self, entries: Sequence[Entry], running: asyncio.AbstractEventLoop | None) -> int:
         """Queue ``entries``, in order, or hand them straight to the receivers
@@ -77,9 +90,9 @@ class Mailbox:
             while waiters and handed < count:
                 waiter = waiters[0]
                 if waiter.done():
-                    waiters.popleft()
+                    del waiters[0]
                 elif waiter.get_loop() is running:
-                    waiters.popleft()
+                    del waiters[0]
                     waiter.set_result(entries[handed])
                     handed += 1
                 else:  # a receiver on another loop is woken to look at the queue
@@ -90,13 +103,21 @@ class Mailbox:
                 entries = entries[handed:]
                 count -= handed
         room = self.capacity - len(messages)
-        if room >= count:
-            messages.extend(entries)
-        elif room > 0:
-            messages.extend(entries[:room])
-        if self.waiters and room > 0:
+        if room <= 0:
+            return count
+        self.queue().extend(entries if room >= count else entries[:room])
+        if self.waiters:
             self.wake(running, min(count, room))
-        return max(count - max(room, 0), 0)
+        return max(count - room, 0)
+
+    def queue(self) -> deque[Entry]:
+        """The queue, made if it is not yet."""
+        messages = self.messages
+        if isinstance(messages, deque):
+            return messages
+        queue: deque[Entry] = deque()
+        self.messages = queue
+        return queue
 
     def wake_all(self) -> None:
         running = running_loop()
@@ -115,7 +136,7 @@ class Mailbox:
         (None outside one), passed in so that a router waking thousands looks it up
         once."""
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter = self.waiters.pop(0)
             if waiter.done():
                 continue
             loop = waiter.get_loop()
@@ -126,7 +147,7 @@ class Mailbox:
             return
 
 
-def _resolve(waiter: asyncio.Future[Entry | None]) -> None:
+def _resolve(waiter: asyncio.Future[Handed]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 

@@ -22,8 +22,10 @@ __all__ = ["Reader", "Route"]
 
 logger = logging.getLogger("django_broadcast.layers")
 
-#: A router of the layer: takes the events of one broadcast channel, in order.
-Route = Callable[[list[Event]], None]
+#: A router of the layer: takes the events of one broadcast channel, in order, and the
+#: event loop it runs on, the reader's (on Python 3.11, ``asyncio.get_running_loop()``
+#: makes a ``getpid`` system call: once per event was a tenth of routing it).
+Route = Callable[[list[Event], asyncio.AbstractEventLoop], None]
 
 
 class Reader:
@@ -38,6 +40,20 @@ class Reader:
     ``ready``; the others wait for the broker (``new_channel()`` never needs it).
     """
 
+    # Slots: a layer with thousands of groups has a reader for each.
+    __slots__ = (
+        "_hub",
+        "_hubs",
+        "_opening",
+        "_ready",
+        "channels",
+        "ended",
+        "loop",
+        "name",
+        "route",
+        "strict",
+    )
+
     patterns: tuple[str, ...] = ()
     persistent = True
 
@@ -47,21 +63,31 @@ class Reader:
         self.route = route
         self.strict = strict
         self.loop = asyncio.get_running_loop()
-        self.ready: asyncio.Future[None] = self.loop.create_future()
-        self.ready.add_done_callback(_retrieve)
+        #: Done when subscribed (dropped then: one object less per reader), or with
+        #: the error that stopped it.
+        self._ready: asyncio.Future[None] | None = self.loop.create_future()
+        self._ready.add_done_callback(_retrieve)
         self._hubs = broadcast._hubs
         self._hub: Hub | None = None
-        self._ended = False
+        #: Stopped, or its subscription failed or was ended by the hub: it routes no
+        #: more (the layer makes a new reader for its channel).
+        self.ended = False
         #: The task that attaches it to the hub, until it has.
         self._opening: asyncio.Task[None] | None = self.loop.create_task(self._open())
 
     def __repr__(self) -> str:
         return f"<layer subscription {self.name}>"
 
+    async def subscribed(self) -> None:
+        """Wait until it is subscribed; raise what stopped it. Cancelling the wait
+        leaves the reader be."""
+        if self._ready is not None:
+            await asyncio.shield(self._ready)
+
     @property
     def alive(self) -> bool:
         """Whether it is (or is about to be) subscribed, on a loop still open."""
-        return not self._ended and not self.loop.is_closed()
+        return not self.ended and not self.loop.is_closed()
 
     async def _open(self) -> None:
         """Attach to the running loop's hub; without ``strict``, again and again, with
@@ -81,12 +107,14 @@ class Reader:
                 else:
                     self._hub = hub
                     self._opening = None  # done: one object less per subscription
-                    self.ready.set_result(None)
+                    ready, self._ready = self._ready, None
+                    if ready is not None:
+                        ready.set_result(None)
                     return
         except BaseException as exc:
-            self._ended = True
-            if not self.ready.done():
-                self.ready.set_exception(
+            self.ended = True
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(
                     SubscriptionClosed(f"{self!r} was released")
                     if isinstance(exc, asyncio.CancelledError)
                     else exc
@@ -101,7 +129,7 @@ class Reader:
 
     def _put_many(self, events: list[Event]) -> None:
         """Route the events of this channel (called by the hub's fan-out)."""
-        if self._ended:
+        if self.ended:
             return
         for event in events:
             if event.type == GAP:
@@ -111,15 +139,15 @@ class Reader:
                     return
                 break
         try:
-            self.route(events)
+            self.route(events, self.loop)
         except Exception:
             logger.exception("could not route an event of %r", self.name)
 
     def _close(self, exc: BaseException | None) -> None:
         """Ended by the hub: its alias closed (``exc`` None) or its listener failed."""
-        if self._ended:
+        if self.ended:
             return
-        self._ended = True
+        self.ended = True
         self._hub = None
         if exc is not None:
             logger.error("channel layer subscription of %r ended: %s", self.name, exc)
@@ -134,7 +162,7 @@ class Reader:
             self.loop.call_soon_threadsafe(_stop_soon, self)
 
     async def _stop(self) -> None:
-        self._ended = True
+        self.ended = True
         opening, self._opening = self._opening, None
         if opening is not None:
             opening.cancel()

@@ -16,7 +16,7 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.connection import async_timeout as _deadline  # asyncio's or async-timeout's
 
-from ..base import ConnectionLost, Features, Message, Receiver
+from ..base import READ_BATCH, ConnectionLost, Features, Message, Receiver
 from ._client import MAX_PAYLOAD, REDIS_ERRORS, Connection
 from ._topology import Address
 from .queues import RedisQueues
@@ -104,6 +104,10 @@ class _PubSubReceiver(Receiver):
         self.link = Connection(backend, "pubsub", node)
         self.confirmations = {confirm: kind for kind, (_, confirm, _) in self.kinds.items()}
         self.channels: set[str] = set()
+        #: Redis channel -> the subscribed channel's name, the very string the hub
+        #: keys it by: each message carries it (no slice and decode per message, and
+        #: every dictionary lookup on the way finds it by identity).
+        self.names: dict[bytes, str] = {}
         self.patterns: dict[bytes, str] = {}  # Redis glob -> pattern
         # (kind, key) -> SUBSCRIBEs not yet confirmed; and who waits for which.
         self.unconfirmed: dict[tuple[str, bytes], int] = {}
@@ -113,8 +117,10 @@ class _PubSubReceiver(Receiver):
         await self.link.connect()
 
     async def subscribe(self, channel: str) -> None:
-        await self._subscribe("channel", self.backend.key(channel).encode())
+        key = self.backend.key(channel).encode()
+        await self._subscribe("channel", key)
         self.channels.add(channel)
+        self.names[key] = channel
 
     async def psubscribe(self, pattern: str) -> None:
         key = self.backend.pattern_key(pattern).encode()
@@ -150,8 +156,10 @@ class _PubSubReceiver(Receiver):
                 await conn.send_command(undo, key)
 
     async def unsubscribe(self, channel: str) -> None:
+        key = self.backend.key(channel)
         self.channels.discard(channel)
-        await self._undo(self.kinds["channel"][2], self.backend.key(channel))
+        self.names.pop(key.encode(), None)
+        await self._undo(self.kinds["channel"][2], key)
 
     async def punsubscribe(self, pattern: str) -> None:
         key = self.backend.pattern_key(pattern)
@@ -177,7 +185,7 @@ class _PubSubReceiver(Receiver):
                 reply = await conn.read_response(timeout=math.inf)
                 while True:
                     self._handle(reply, prefix_length, messages)
-                    if not await conn.can_read():
+                    if len(messages) >= READ_BATCH or not await conn.can_read():
                         break
                     reply = await conn.read_response(timeout=math.inf)
         except (*REDIS_ERRORS, AttributeError) as exc:
@@ -199,6 +207,8 @@ class _PubSubReceiver(Receiver):
                 if isinstance(reply, Exception):  # an error reply, raised as redis-py does
                     raise reply
                 handle(reply, prefix_length, messages)
+                if len(messages) >= READ_BATCH:
+                    return
                 reply = reader.gets()
             if messages:
                 return
@@ -211,7 +221,9 @@ class _PubSubReceiver(Receiver):
         if kind == self.message_kind:
             frame: bytes = reply[2]
             event_id, _, payload = frame.partition(b"\n")
-            channel = reply[1][prefix_length:].decode()
+            channel = self.names.get(reply[1])
+            if channel is None:  # unsubscribed while it was on its way
+                channel = reply[1][prefix_length:].decode()
             messages.append(Message(channel, event_id.decode(), payload))
         elif kind == b"pmessage":
             pattern = self.patterns.get(reply[1])
