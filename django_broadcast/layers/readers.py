@@ -36,8 +36,9 @@ class Reader:
     The subscription outlives broker outages of any length: the core's reconnect
     policy keeps it, with a gap notice (logged here) once the broker is back. A
     ``strict`` reader's subscription must be made at once (``group_add`` raises when
-    the broker cannot be reached, as channels_redis does), with the error in
-    ``ready``; the others wait for the broker (``new_channel()`` never needs it).
+    the broker cannot be reached, as channels_redis does), the error raised by
+    :meth:`subscribed`; the others wait for the broker (``new_channel()`` never needs
+    it).
     """
 
     # Slots: a layer with thousands of groups has a reader for each.
